@@ -1,0 +1,1 @@
+"""The mtgraft typer app (thin: every command parses options, calls mtgraft, prints)."""

@@ -1,0 +1,43 @@
+"""Entry point of the ``mtgraft`` command. Sub-commands live in sibling modules."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+import typer  # noqa: E402
+
+app = typer.Typer(
+    name="mtgraft",
+    help="Find where a fine-tuned language model keeps each task's skill (grafting, ICML 2023).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    # Each module adds its commands/sub-apps to ``app``; import order = order in --help.
+    from cli import data_cmds, train_cmds  # noqa: F401
+
+    for optional in ("graft_cmds", "patch_cmds", "masks_cmds", "multitask_cmds", "report_cmds", "run_cmds"):
+        try:
+            __import__(f"cli.{optional}")
+        except ModuleNotFoundError as e:  # a part not built yet
+            if e.name != f"cli.{optional}":
+                raise
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()

