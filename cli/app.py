@@ -21,11 +21,14 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Find where a fine-tuned language model keeps each task's skill (grafting, ICML 2023)."""
+
+
 def _register() -> None:
     # Each module adds its commands/sub-apps to ``app``; import order = order in --help.
-    from cli import data_cmds, train_cmds  # noqa: F401
-
-    for optional in ("graft_cmds", "patch_cmds", "masks_cmds", "multitask_cmds", "report_cmds", "run_cmds"):
+    for optional in ("data_cmds", "train_cmds", "graft_cmds", "patch_cmds", "masks_cmds", "multitask_cmds", "report_cmds", "run_cmds"):
         try:
             __import__(f"cli.{optional}")
         except ModuleNotFoundError as e:  # a part not built yet
@@ -35,8 +38,10 @@ def _register() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    _register()
-    app()
+    import cli.app as mod  # the same module object even when run as ``python -m cli.app``
+
+    mod._register()
+    mod.app()
 
 
 if __name__ == "__main__":

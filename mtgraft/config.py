@@ -131,4 +131,4 @@ class TrainConfig(DataConfig):
     precision: Precision = "fp32"
     out: str | None = None
     tracking_uri: str | None = None
-    register: bool = True
+

@@ -1,0 +1,154 @@
+"""``mtgraft graft`` and ``mtgraft eval``."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from cli.app import app
+from cli.common import console, handle_errors, print_json, resolve
+from mtgraft.evaluation.runner import EvalConfig
+from mtgraft.grafting import GraftConfig
+
+LEARN = "Learned graft (unset = from --recipe)"
+DATA = "Data (unset = as recorded with the checkpoint)"
+OUT = "Output"
+
+
+def _fmt(v: object, nd: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def graft_table(res: object) -> Table:
+    """The table of every method at every sparsity, beside pretrained (+head) and fine-tuned."""
+    t = Table(title=f"mtgraft graft · {res.task} · |P| = {res.graftable_size:,} graftable (head always grafted, "
+                    f"{res.head_params:,} params)")
+    for c in ("model", "sparsity", "region", "acc", "macro-F1", "ECE", "Brier", "agree", "Rel", "time s"):
+        t.add_column(c, justify="right" if c != "model" else "left")
+    for name, m in (("pretrained (+head)", res.reference["pretrained"]), ("fine-tuned", res.reference["finetuned"])):
+        t.add_row(name, "", "", _fmt(m["accuracy"]), _fmt(m["macro_f1"]), _fmt(m["ece"]), _fmt(m["brier"]),
+                  _fmt(m.get("agreement")), _fmt(m.get("rel"), 3), "")
+    for r in res.results:
+        m = r["test"]
+        t.add_row(r["method"], f"{r['sparsity']:g}", f"{r['region_size']:,}", _fmt(m["accuracy"]),
+                  _fmt(m["macro_f1"]), _fmt(m["ece"]), _fmt(m["brier"]), _fmt(m.get("agreement")),
+                  _fmt(m.get("rel"), 3), f"{r['seconds']:.1f}")
+    return t
+
+
+@app.command("graft")
+@handle_errors
+def graft_cmd(
+    ctx: typer.Context,
+    task: str | None = typer.Option(None, "--task", help="Task to localise (a task of the checkpoint)."),
+    all_tasks: bool = typer.Option(False, "--all-tasks", help="Graft every task of a multi-task checkpoint."),
+    finetuned: str | None = typer.Option(None, "--finetuned", help="Fine-tuned checkpoint folder."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="Pretrained model (default: the one the checkpoint records)."),
+    sparsity: str = typer.Option("1e-4", "--sparsity", help="Comma list of region sizes as fractions of the graftable body."),
+    method: str = typer.Option("graft,topk,random,bias-only", "--method", help="Comma list of methods (see 'mtgraft methods')."),
+    recipe: str = typer.Option("fast", "--recipe", help="fast (default, strict budget) | paper (reference behaviour).", rich_help_panel=LEARN),
+    updates: int | None = typer.Option(None, "--updates", help="Mask updates (fast 20, paper 100).", rich_help_panel=LEARN),
+    lr: float | None = typer.Option(None, "--lr", help="Step size on S (1e7).", rich_help_panel=LEARN),
+    sigmoid_bias: float | None = typer.Option(None, "--sigmoid-bias", help="b in sigmoid(S - b) (10).", rich_help_panel=LEARN),
+    examples_per_update: int | None = typer.Option(None, "--examples-per-update", help="Training examples per update (1024).", rich_help_panel=LEARN),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Mini-batch size; gradients averaged over an update (8).", rich_help_panel=LEARN),
+    budget: str | None = typer.Option(None, "--budget", help="strict (exactly k entries) | free (round(gamma), may grow).", rich_help_panel=LEARN),
+    candidates: float | None = typer.Option(None, "--candidates", help="Mask parameters only for the top c*k entries by |delta| (fast: 10).", rich_help_panel=LEARN),
+    patience: int | None = typer.Option(None, "--patience", help="Stop after this many updates without a better train+dev score.", rich_help_panel=LEARN),
+    step_rule: str | None = typer.Option(None, "--step-rule", help="gd (reference) | normalized.", rich_help_panel=LEARN),
+    seed: int = typer.Option(13, "--seed", help="Seed of the mask init and the random baseline."),
+    k: str | None = typer.Option(None, "--k", rich_help_panel=DATA),
+    data_seed: int | None = typer.Option(None, "--data-seed", rich_help_panel=DATA),
+    max_test: int | None = typer.Option(None, "--max-test", rich_help_panel=DATA),
+    max_length: int | None = typer.Option(None, "--max-length", rich_help_panel=DATA),
+    eval_tasks: str | None = typer.Option(None, "--eval-tasks", help="Comma list of tasks with the same labels for OOD evaluation.", rich_help_panel=DATA),
+    save_baselines: bool = typer.Option(False, "--save-baselines", help="Also write (and register) SkillPatches of the baselines.", rich_help_panel=OUT),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    out: str | None = typer.Option(None, "--out", help="Output folder (default runs/graft/<task>-<time>).", rich_help_panel=OUT),
+    do_register: bool = typer.Option(True, "--register/--no-register", help="Register each SkillPatch in the MLflow mask registry.", rich_help_panel=OUT),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI.", rich_help_panel=OUT),
+    config: str | None = typer.Option(None, "--config", help="YAML file of these options (CLI options override).", rich_help_panel=OUT),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", rich_help_panel=OUT),
+) -> None:
+    """Learn per-task graft regions (and baselines) at one or more sparsities; write SkillPatches."""
+    from mtgraft.grafting import run_graft
+
+    cfg = resolve(ctx, GraftConfig, config, locals(), required=("finetuned",))
+    results = run_graft(cfg, show_progress=not json_out)
+    if json_out:
+        if len(results) == 1:
+            print_json(results[0].to_json())
+        else:
+            first = results[0].to_json()
+            print_json({"tasks": [r.task for r in results], "results": [x | {"task": r.task} for r in results
+                                                                          for x in r.to_json()["results"]],
+                        "per_task": [r.to_json() for r in results], "graftable_size": first["graftable_size"]})
+        return
+    for r in results:
+        console.print(graft_table(r))
+        console.print("ECE with 10 equal-width bins; Rel = (P_graft - P_0) / (P_1 - P_0); agreement with the "
+                      "fine-tuned model's predictions.")
+        console.print(f"results: [bold]{r.out}[/]   mlflow run: {r.mlflow_run_id}")
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    ctx: typer.Context,
+    task: str | None = typer.Option(None, "--task", help="Task to evaluate on (default: the model's/patch's)."),
+    model: str | None = typer.Option(None, "--model", help="Checkpoint folder."),
+    patch: str | None = typer.Option(None, "--patch", help="SkillPatch file (applied to its base model)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="Pretrained model for P_0 (default: recorded)."),
+    finetuned: str | None = typer.Option(None, "--finetuned", help="Fine-tuned checkpoint for P_1/agreement (default: recorded)."),
+    eval_tasks: str | None = typer.Option(None, "--eval-tasks", help="Comma list of tasks with the same labels (OOD)."),
+    k: str | None = typer.Option(None, "--k", rich_help_panel=DATA),
+    data_seed: int | None = typer.Option(None, "--data-seed", rich_help_panel=DATA),
+    max_test: int | None = typer.Option(None, "--max-test", rich_help_panel=DATA),
+    max_length: int | None = typer.Option(None, "--max-length", rich_help_panel=DATA),
+    device: str = typer.Option("auto", "--device"),
+    out: str | None = typer.Option(None, "--out", help="Output folder (eval.json, reliability.png).", rich_help_panel=OUT),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", rich_help_panel=OUT),
+    config: str | None = typer.Option(None, "--config", rich_help_panel=OUT),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", rich_help_panel=OUT),
+) -> None:
+    """Evaluate a checkpoint or a SkillPatch: accuracy, macro-F1, ECE (10 bins), Brier, agreement, Rel, OOD."""
+    from mtgraft.evaluation.runner import evaluate
+
+    cfg = resolve(ctx, EvalConfig, config, locals())
+    rep = evaluate(cfg, show_progress=not json_out)
+    if json_out:
+        print_json(rep)
+        return
+    t = Table(title=f"mtgraft eval · {rep['task']}")
+    for c in ("eval task", "acc", "macro-F1", "ECE", "Brier", "agree", "P_0", "P_1", "Rel", "n"):
+        t.add_column(c, justify="right" if c != "eval task" else "left")
+    for name, m in [(rep["task"], rep["test"]), *rep["ood"].items()]:
+        t.add_row(name, _fmt(m["accuracy"]), _fmt(m["macro_f1"]), _fmt(m["ece"]), _fmt(m["brier"]),
+                  _fmt(m.get("agreement")), _fmt(m.get("pretrained_accuracy")), _fmt(m.get("finetuned_accuracy")),
+                  _fmt(m.get("rel"), 3), str(m["n"]))
+    console.print(t)
+    console.print(f"ECE with 10 equal-width bins · reliability diagram: {rep['reliability_diagram']}")
+
+
+@app.command("methods")
+@handle_errors
+def methods_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
+    """List the localisation methods and the graft recipes."""
+    from mtgraft.grafting import METHODS, RECIPES
+
+    if json_out:
+        print_json({"methods": [{"name": m.name, "description": m.description, "reference": m.reference,
+                                 "learned": m.learned} for m in METHODS.values()], "recipes": RECIPES})
+        return
+    t = Table(title="localisation methods")
+    for c in ("name", "learned", "description", "reference"):
+        t.add_column(c)
+    for m in METHODS.values():
+        t.add_row(m.name, "yes" if m.learned else "no", m.description, m.reference)
+    console.print(t)
+    for name, r in RECIPES.items():
+        console.print(f"recipe [bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in r.items()))

@@ -1,0 +1,254 @@
+"""``mtgraft masks``: the SkillPatch registry on MLflow (list, show, pull, apply, alias, delete, register)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from cli.app import app
+from cli.common import console, handle_errors, print_json
+from mtgraft.errors import MtgraftError
+
+masks_app = typer.Typer(
+    help="The mask registry: SkillPatches as versions of MLflow registered models. "
+         "REF = name@alias, name/version, or a path to a patch file.",
+    no_args_is_help=True,
+)
+app.add_typer(masks_app, name="masks")
+
+TRACKING_HELP = ("MLflow tracking URI (e.g. http://host:5000); default: $MLFLOW_TRACKING_URI, "
+                 "else MLflow's local default store (./mlflow.db).")
+REF_HELP = "name@alias, name/version, or a path to a patch file."
+
+
+def _tracking() -> Any:
+    return typer.Option(None, "--tracking-uri", help=TRACKING_HELP)
+
+
+def _is_file(ref: str) -> bool:
+    return Path(ref).expanduser().is_file()
+
+
+def _print_wide(table: Table) -> None:
+    """Print a table at its natural width (never crop names and numbers on a narrow terminal)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+    else:
+        Console(stderr=True, width=natural).print(table)
+
+
+def _f(v: Any, fmt: str = ".4f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+@masks_app.command("list")
+@handle_errors
+def list_cmd(
+    task: str | None = typer.Option(None, "--task", help="Only patches of this task."),
+    base: str | None = typer.Option(None, "--base", help="Only patches of this base model (name, short name "
+                                                         "or the start of its content hash)."),
+    tracking_uri: str | None = _tracking(),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {\"masks\": [...]} on stdout."),
+) -> None:
+    """List registered SkillPatches: name, version, aliases, task, base, method, sparsity, size, accuracy, Rel."""
+    from mtgraft.registry import MaskRegistry, base_short_name
+
+    reg = MaskRegistry(tracking_uri)
+    rows = reg.list_masks(task=task, base=base)
+    if json_out:
+        print_json({"tracking_uri": reg.tracking_uri, "masks": rows})
+        return
+    t = Table(title=f"SkillPatches in {reg.tracking_uri}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, just in (("name", "left"), ("version", "right"), ("aliases", "left"), ("task", "left"),
+                      ("base", "left"), ("method", "left"), ("sparsity", "right"), ("size", "right"),
+                      ("accuracy", "right"), ("Rel", "right")):
+        t.add_column(col, justify=just, overflow="fold", no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        t.add_row(r["name"], r["version"], ", ".join(r["aliases"]), r["task"] or "-", base_short_name(r["base_model"] or "-"),
+                  r["method"] or "-", _f(r["sparsity"], ".3g"),
+                  f"{r['region_size']:,}" if r["region_size"] is not None else "-",
+                  _f(r["accuracy"]), _f(r["rel"]))
+    _print_wide(t)
+    if not rows:
+        console.print("no SkillPatches registered" + (" matching the filters" if task or base else ""))
+    else:
+        console.print("sparsity and size count the graftable body; the task head is always grafted")
+
+
+@masks_app.command("show")
+@handle_errors
+def show_cmd(
+    ref: str = typer.Argument(..., help=REF_HELP),
+    tracking_uri: str | None = _tracking(),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Everything about one patch: all tags, run metrics and lineage (producing run, fine-tuning run)."""
+    from mtgraft.registry import MaskRegistry, file_info
+
+    info = file_info(ref) if _is_file(ref) else MaskRegistry(tracking_uri).show(ref)
+    if json_out:
+        print_json(info)
+        return
+    title = info["ref"] + (f" · aliases: {', '.join(info['aliases'])}" if info.get("aliases") else "")
+    t = Table(title=title, show_header=False)
+    t.add_column("field", style="bold")
+    t.add_column("value", overflow="fold")
+    for k, v in sorted(info["tags"].items()):
+        t.add_row(k, v)
+    for k, v in sorted(_flat(info.get("metrics") or {}).items()):
+        t.add_row(f"metric {k}", _f(v) if isinstance(v, float) else str(v))
+    for k, v in (info.get("lineage") or {}).items():
+        if v is not None:
+            t.add_row(f"lineage {k}", str(v))
+    if info.get("description"):
+        t.add_row("description", info["description"])
+    console.print(t)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@masks_app.command("pull")
+@handle_errors
+def pull_cmd(
+    ref: str = typer.Argument(..., help=REF_HELP),
+    out: Path = typer.Option(..., "--out", help="Where to write the patch file (a file, or a folder to put it in)."),
+    tracking_uri: str | None = _tracking(),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+) -> None:
+    """Download a registered patch; its sha256 must match the one recorded at registration."""
+    from mtgraft.registry import MaskRegistry
+
+    if _is_file(ref):
+        import shutil
+
+        from mtgraft.patches import SkillPatch
+        from mtgraft.utils import atomic_file, sha256_file
+
+        SkillPatch.load(ref)
+        dest = out / Path(ref).name if out.is_dir() else out
+        with atomic_file(dest, "wb") as f, open(ref, "rb") as src:
+            shutil.copyfileobj(src, f)
+        result = {"ref": ref, "path": str(dest), "sha256": sha256_file(dest), "verified": False}
+    else:
+        result = MaskRegistry(tracking_uri).pull(ref, out)
+    if json_out:
+        print_json(result)
+        return
+    check = "sha256 verified" if result["verified"] else "local file copied"
+    console.print(f"{result['ref']} → [bold]{result['path']}[/] ({check}: {result['sha256'][:16]}…)")
+
+
+@masks_app.command("apply")
+@handle_errors
+def apply_cmd(
+    refs: list[str] = typer.Argument(..., help="One or more REFs (name@alias, name/version or patch files) "
+                                              "of the same base model."),
+    to: str | None = typer.Option(None, "--to", help="Base model (name, folder or mtgraft checkpoint); "
+                                                       "default: the base recorded in the patches."),
+    out: Path = typer.Option(..., "--out", help="Output checkpoint folder (usable by 'mtgraft eval')."),
+    overlap: str = typer.Option("average", "--overlap",
+                                help="Weights set by more than one patch: average | sum | error (| first)."),
+    tracking_uri: str | None = _tracking(),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+) -> None:
+    """Graft one or more skills onto one base (Localize-and-Stitch) and save a checkpoint folder."""
+    from mtgraft.patches import OVERLAP_POLICIES, SkillPatch
+    from mtgraft.registry import apply_patches, resolve_patch_files
+
+    if overlap not in OVERLAP_POLICIES:
+        raise MtgraftError(f"unknown --overlap '{overlap}' (use average, sum or error)")
+    with resolve_patch_files(refs, tracking_uri) as files:
+        patches = [SkillPatch.load(f["path"]) for f in files]
+        for f, p in zip(files, patches, strict=True):
+            if f.get("base_hash") and f["base_hash"] != p.header.base_hash:
+                raise MtgraftError(f"{f['ref']}: the file's base hash differs from the registered one — refusing it")
+        sources = [{"ref": f["ref"], "sha256": f["sha256"], "from_registry": f["registry"]} for f in files]
+        result = apply_patches(patches, to, out, overlap, sources)
+    if json_out:
+        print_json(result)
+        return
+    tasks = ", ".join(result["tasks"])
+    console.print(f"grafted {len(patches)} patch{'es' if len(patches) > 1 else ''} ({tasks}): "
+                  f"{result['region_size']:,} entries (sparsity {result['sparsity']:.4g} of the graftable body) "
+                  f"+ {result['head_params']:,} head params onto {result['base_model']} → [bold]{out}[/]")
+    if len(patches) > 1:
+        console.print(f"{result['overlapping_entries']:,} weights were set by more than one patch "
+                      f"(--overlap {overlap})")
+
+
+@masks_app.command("alias")
+@handle_errors
+def alias_cmd(
+    ref: str = typer.Argument(..., help="name@alias or name/version."),
+    name: str = typer.Argument(..., help="The alias to point at that version (e.g. best, prod)."),
+    tracking_uri: str | None = _tracking(),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+) -> None:
+    """Point an alias of a registered model at one of its versions."""
+    from mtgraft.registry import MaskRegistry
+
+    if _is_file(ref):
+        raise MtgraftError(f"'{ref}' is a local patch file; register it first ('mtgraft masks register')")
+    res = MaskRegistry(tracking_uri).set_alias(ref, name)
+    if json_out:
+        print_json(res)
+        return
+    console.print(f"{res['name']}@{res['alias']} → version {res['version']}")
+
+
+@masks_app.command("delete")
+@handle_errors
+def delete_cmd(
+    ref: str = typer.Argument(..., help="name/version or name@alias (one version); a bare name with --all."),
+    all_versions: bool = typer.Option(False, "--all", help="Delete a whole registered model (bare name) "
+                                                           "and all its versions."),
+    tracking_uri: str | None = _tracking(),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+) -> None:
+    """Delete one registered version (or, with --all, a whole registered model). Run artifacts are kept."""
+    from mtgraft.registry import MaskRegistry
+
+    if _is_file(ref):
+        raise MtgraftError(f"'{ref}' is a local patch file, not a registry entry; nothing to delete")
+    res = MaskRegistry(tracking_uri).delete(ref, all_versions=all_versions)
+    if json_out:
+        print_json(res)
+        return
+    console.print(f"deleted {res['deleted']}" + (f" ({res['versions']} versions)" if all_versions else ""))
+
+
+@masks_app.command("register")
+@handle_errors
+def register_cmd(
+    patches: list[Path] = typer.Argument(..., help="SkillPatch files to register."),
+    run_id: str | None = typer.Option(None, "--run-id", help="MLflow run that produced the patch (the file is "
+                                                              "logged there); default: a new registration run."),
+    tracking_uri: str | None = _tracking(),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {\"registered\": [...]}."),
+) -> None:
+    """Register patch files (what 'mtgraft graft' does unless --no-register)."""
+    from mtgraft.registry import MaskRegistry
+
+    reg = MaskRegistry(tracking_uri)
+    done = [reg.register_patch(p, run_id=run_id).to_dict() for p in patches]
+    if json_out:
+        print_json({"tracking_uri": reg.tracking_uri, "registered": done})
+        return
+    for d in done:
+        console.print(f"registered {d['ref']}" + (f" ({', '.join(d['aliases'])})" if d["aliases"] else ""))

@@ -1,0 +1,25 @@
+"""Evaluation: classification metrics (accuracy, F1, ECE, Brier, agreement, Rel) and continual metrics."""
+
+from mtgraft.evaluation.continual import continual_metrics, mlflow_metric_keys, save_accuracy_matrix
+from mtgraft.evaluation.metrics import (
+    agreement,
+    brier,
+    classification_metrics,
+    ece,
+    relative_gain,
+    reliability_bins,
+    reliability_diagram,
+)
+
+__all__ = [
+    "agreement",
+    "brier",
+    "classification_metrics",
+    "continual_metrics",
+    "ece",
+    "mlflow_metric_keys",
+    "relative_gain",
+    "reliability_bins",
+    "reliability_diagram",
+    "save_accuracy_matrix",
+]

@@ -1,0 +1,187 @@
+"""``mtgraft eval``: evaluate a checkpoint or a SkillPatch as the paper does (METHOD.md §3)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from mtgraft.config import BaseConfig, parse_k
+from mtgraft.errors import MtgraftError
+from mtgraft.models import (
+    TaskInfo,
+    TaskModel,
+    build_task_model,
+    encode_examples,
+    load_checkpoint,
+)
+from mtgraft.utils import ensure_writable_dir, resolve_device, write_json
+
+
+class EvalConfig(BaseConfig):
+    """Settings of ``mtgraft eval``; data settings default to those recorded with the model/patch."""
+
+    task: str | None = None
+    model: str | None = None
+    patch: str | None = None
+    pretrained: str | None = None
+    finetuned: str | None = None
+    eval_tasks: list[str] = Field(default_factory=list)
+    k: int | None = None
+    data_seed: int | None = None
+    max_test: int | None = None
+    max_length: int | None = None
+    device: str = "auto"
+    out: str | None = None
+    tracking_uri: str | None = None
+    track: bool = True
+
+    @field_validator("eval_tasks", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, v: Any) -> int | None:
+        return parse_k(v) if v is not None else None
+
+
+def _with_head_of(pre: TaskModel, model: TaskModel, task: str) -> TaskModel:
+    """The pretrained model carrying ``model``'s task head (P_0 of a ``head`` model)."""
+    if model.model_type == "head":
+        with torch.no_grad():
+            src = dict(model.named_parameters())
+            for n, p in pre.named_parameters():
+                if n.startswith(f"heads.{task}."):
+                    p.copy_(src[n])
+    return pre
+
+
+def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Accuracy, macro-F1, ECE (10 bins), Brier, agreement with the fine-tuned model, Rel, OOD."""
+    from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
+    from mtgraft.tasks import compatible, get_task, make_splits
+    from mtgraft.training import default_out, evaluate_probs, predict_probs
+
+    if bool(cfg.model) == bool(cfg.patch):
+        raise MtgraftError("give exactly one of --model DIR or --patch PATCH")
+    device = resolve_device(cfg.device)
+    finetuned_path: str | None = cfg.finetuned
+    recorded_ref: dict[str, Any] = {}
+    if cfg.patch:
+        from mtgraft.patches import SkillPatch
+
+        patch = SkillPatch.load(cfg.patch)
+        h = patch.header
+        tasks_info = [TaskInfo(**{"name": n, **v}) for n, v in h.tasks_info.items()]
+        ptasks = [t.name for t in tasks_info]
+        task_name = cfg.task or ptasks[0]
+        if task_name not in ptasks and get_task(task_name).name not in ptasks:
+            raise MtgraftError(f"patch {cfg.patch} is for task(s) {ptasks}, not '{task_name}'")
+        base = cfg.pretrained or h.base_model
+        model = build_task_model(base, h.model_type, tasks_info)
+        patch.apply_to_model(model, model.base_hash())
+        pre_name = base
+        data = dict(h.data)
+        finetuned_path = finetuned_path or (h.finetuned or {}).get("path")
+        recorded_ref = (h.metrics or {}).get("reference", {})
+        what = {"patch": str(cfg.patch), "method": h.method, "region_size": h.region_size, "sparsity": h.sparsity}
+    else:
+        model, meta = load_checkpoint(cfg.model)
+        task_name = cfg.task or meta.tasks[0].name
+        meta.task(get_task(task_name).name)
+        pre_name = cfg.pretrained or meta.pretrained.get("name")
+        data = dict(meta.data)
+        extra = meta.model_extra or {}
+        if meta.mode == "grafted":
+            finetuned_path = finetuned_path or (extra.get("patch") or {}).get("finetuned") or \
+                (meta.metrics.get("finetuned") if isinstance(meta.metrics.get("finetuned"), str) else None)
+            recorded_ref = meta.metrics.get("reference", {})
+        elif finetuned_path is None:
+            finetuned_path = str(cfg.model)  # a fine-tuned checkpoint is its own reference
+        what = {"model": str(cfg.model), "mode": meta.mode}
+    spec = get_task(task_name)
+    task_name = spec.name
+    for key, attr in (("k", "k"), ("seed", "data_seed"), ("max_test", "max_test"), ("max_length", "max_length")):
+        v = getattr(cfg, attr)
+        if v is not None:
+            data[key] = v
+    data.setdefault("k", 64)
+    data.setdefault("seed", 13)
+    data.setdefault("max_test", 1000)
+    data.setdefault("max_length", 128)
+    ns = SimpleNamespace(k=data["k"], seed=data["seed"], max_test=data["max_test"])
+    tests = {task_name: make_splits(spec, ns.k, ns.seed, ns.max_test).test}
+    for other in cfg.eval_tasks:
+        ospec = get_task(other)
+        if not compatible(spec, ospec):
+            raise MtgraftError(f"cannot evaluate '{spec.name}' on '{ospec.name}': label spaces differ "
+                               f"({spec.labels} vs {ospec.labels})")
+        tests[ospec.name] = make_splits(ospec, ns.k, ns.seed, ns.max_test).test
+    model.to(device)
+    encs = {n: encode_examples(model, task_name, ex, data["max_length"]) for n, ex in tests.items()}
+
+    def run(m: TaskModel) -> dict[str, np.ndarray]:
+        m.to(device)
+        return {n: predict_probs(m, e, 64, device) for n, e in encs.items()}
+
+    probs = run(model)
+    ft_probs = None
+    if finetuned_path and Path(finetuned_path).is_dir():
+        if cfg.model and Path(finetuned_path).resolve() == Path(cfg.model).resolve():
+            ft_probs = probs
+        else:
+            ft_model, _ = load_checkpoint(finetuned_path)
+            ft_probs = run(ft_model)
+            del ft_model
+    pre_probs = None
+    if pre_name:
+        pre = build_task_model(pre_name, model.model_type, list(model.tasks.values()))
+        pre_probs = run(_with_head_of(pre, model, task_name))
+        del pre
+    results: dict[str, Any] = {}
+    for n, e in encs.items():
+        ref = ft_probs[n].argmax(1) if ft_probs is not None else None
+        m = evaluate_probs(probs[n], e.labels, ref)
+        p1 = evaluate_probs(ft_probs[n], e.labels)["accuracy"] if ft_probs is not None else None
+        p0 = evaluate_probs(pre_probs[n], e.labels)["accuracy"] if pre_probs is not None else None
+        if n == task_name:
+            p1 = p1 if p1 is not None else recorded_ref.get("finetuned", {}).get("accuracy")
+            p0 = p0 if p0 is not None else recorded_ref.get("pretrained", {}).get("accuracy")
+        m["pretrained_accuracy"] = p0
+        m["finetuned_accuracy"] = p1
+        m["rel"] = relative_gain(m["accuracy"], p0, p1) if p0 is not None and p1 is not None else None
+        if ref is None:
+            m["agreement"] = None
+        results[n] = m
+    out = Path(cfg.out or default_out("eval", task_name))
+    ensure_writable_dir(out)
+    curves = {"evaluated": (probs[task_name], np.asarray(encs[task_name].labels))}
+    if ft_probs is not None and ft_probs is not probs:
+        curves["fine-tuned"] = (ft_probs[task_name], np.asarray(encs[task_name].labels))
+    diag = reliability_diagram(curves, out / "reliability.png", title=f"{task_name}: reliability (10 equal-width bins)")
+    report = {"task": task_name, **what, "data": data, "ece_bins": 10, "test": results[task_name],
+              "ood": {n: r for n, r in results.items() if n != task_name}, "reliability_diagram": str(diag),
+              "finetuned": finetuned_path, "pretrained": pre_name, "out": str(out)}
+    write_json(out / "eval.json", report)
+    if cfg.track:
+        from mtgraft.tracking import mlflow_run
+
+        with mlflow_run("eval", f"eval-{task_name}", cfg.tracking_uri, tags={"mtgraft.command": "eval"}) as r:
+            r.log_params({"task": task_name, **what, **{f"data.{k}": v for k, v in data.items()}})
+            r.log_metrics(results[task_name], prefix="test/")
+            r.log_metrics(report["ood"], prefix="ood/")
+            r.log_artifact(out / "eval.json")
+            r.log_artifact(diag)
+            report["mlflow_run_id"] = r.run_id
+    report["seconds"] = time.perf_counter()
+    report.pop("seconds")
+    return report

@@ -1,0 +1,243 @@
+"""Localisation methods behind one registry (mergekit style): each has a name, a reference and a select()."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtgraft.errors import MtgraftError
+from mtgraft.grafting.space import GraftSpace, topk_indices
+from mtgraft.models import Encoded
+
+
+@dataclass
+class SelectContext:
+    """What a method may use: the space, the budget, data for learned methods, settings, a seed."""
+
+    space: GraftSpace
+    k: int
+    train: Encoded | None = None
+    dev: Encoded | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None
+    state: dict[str, Any] | None = None  # resume state of a learned method
+    checkpoint: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class Selection:
+    """A region: sorted flat indices, plus what the method reports (history, timings)."""
+
+    indices: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """A localisation method."""
+
+    name: str
+    description: str
+    reference: str
+    learned: bool
+    select: Callable[[SelectContext], Selection]
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(m: Method) -> Method:
+    """Add a method to the registry."""
+    METHODS[m.name] = m
+    return m
+
+
+def get_method(name: str) -> Method:
+    """A method by name (clear error listing the others)."""
+    if name not in METHODS:
+        raise MtgraftError(f"unknown method '{name}' (available: {', '.join(METHODS)})")
+    return METHODS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-free baselines
+
+
+def _topk(ctx: SelectContext) -> Selection:
+    return Selection(topk_indices(ctx.space.delta.abs(), ctx.k).cpu())
+
+
+def _random(ctx: SelectContext) -> Selection:
+    rng = np.random.default_rng(ctx.seed)
+    idx = rng.choice(ctx.space.numel, size=min(ctx.k, ctx.space.numel), replace=False)
+    return Selection(torch.from_numpy(np.sort(idx).astype(np.int64)))
+
+
+def _bias_only(ctx: SelectContext) -> Selection:
+    bias = ctx.space.bias_indices()
+    if bias.numel() == 0:
+        raise MtgraftError("the model has no bias parameters in its graftable set (bias-only is undefined)")
+    k = min(ctx.k, bias.numel())
+    mags = ctx.space.delta[bias.to(ctx.space.device)].abs().cpu()
+    chosen = bias[torch.topk(mags, k, sorted=False).indices]
+    return Selection(torch.sort(chosen).values, {"capped_at_bias_count": k < ctx.k})
+
+
+register(Method("topk", "base patch alone: global top-k of |theta_ft - theta_pre| (dataless)",
+                "https://arxiv.org/abs/2302.06600", False, _topk))
+register(Method("random", "k entries of the graftable set drawn uniformly at random (seeded)",
+                "https://arxiv.org/abs/2302.06600", False, _random))
+register(Method("bias-only", "top-k |delta| among bias entries only (capped at the number of biases)",
+                "https://arxiv.org/abs/2106.10199", False, _bias_only))
+
+
+# ---------------------------------------------------------------------------------------------
+# The learned graft (METHOD.md §2)
+
+
+def _score(space: GraftSpace, theta: torch.Tensor, encs: list[Encoded]) -> dict[str, float]:
+    accs, correct, total = {}, 0, 0
+    for name, enc in zip(("train", "dev"), encs, strict=False):
+        if enc is None or len(enc) == 0:
+            continue
+        probs = space.predict(theta, enc)
+        ok = int((probs.argmax(1) == np.asarray(enc.labels)).sum())
+        accs[name] = ok / len(enc)
+        correct += ok
+        total += len(enc)
+    accs["score"] = correct / total if total else float("nan")
+    return accs
+
+
+def learn_graft(ctx: SelectContext) -> Selection:
+    """Learn the binary graft by gradient descent on S (sigmoid parametrisation around the base patch).
+
+    Settings: ``updates``, ``lr``, ``sigmoid_bias``, ``examples_per_update``, ``batch_size``,
+    ``budget`` ('strict' = exactly k entries by learned scores, 'free' = round(gamma) as the reference),
+    ``candidates`` (None = every graftable entry; an int c = only the top c·k entries by |delta| get a
+    mask parameter), ``patience`` (stop after this many updates without a better train+dev score),
+    ``step_rule`` ('gd' = plain gradient descent, the reference; 'normalized' = step of lr·g/max|g|).
+    """
+    s = ctx.settings
+    space, k = ctx.space, ctx.k
+    updates = int(s.get("updates", 100))
+    lr = float(s.get("lr", 1e7))
+    b = float(s.get("sigmoid_bias", 10.0))
+    n_ex = int(s.get("examples_per_update", 1024))
+    bs = int(s.get("batch_size", 8))
+    budget = s.get("budget", "strict")
+    cand_factor = s.get("candidates")
+    patience = s.get("patience")
+    step_rule = s.get("step_rule", "gd")
+    if ctx.train is None or len(ctx.train) == 0:
+        raise MtgraftError("the learned graft needs training examples")
+    dev = space.device
+    absd = space.delta.abs()
+    base_idx = topk_indices(absd, k)
+    if cand_factor:
+        m = min(space.numel, max(k, int(math.ceil(float(cand_factor) * k))))
+        cand = topk_indices(absd, m)
+    else:
+        cand = torch.arange(space.numel, device=dev)
+    base_c = torch.zeros(cand.numel(), device=dev)
+    base_c[torch.isin(cand, base_idx.to(dev))] = 1.0
+    delta_c = space.delta[cand]
+    pre = space.pre
+    gen = torch.Generator().manual_seed(ctx.seed)
+    S = torch.rand(cand.numel(), generator=gen).to(dev)
+    # a fixed subset of at most n_ex training examples, in mini-batches of bs
+    train = ctx.train
+    if len(train) > n_ex:
+        sel = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))[:n_ex].tolist()
+        train = Encoded(train.task, [train.input_ids[i] for i in sel],
+                        [train.token_type_ids[i] for i in sel] if train.token_type_ids else None,
+                        [train.labels[i] for i in sel], [train.positions[i] for i in sel] if train.positions else [])
+    batches = space.batches(train, bs)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def gamma_of(S_: torch.Tensor) -> torch.Tensor:
+        return base_c + (1 - 2 * base_c) * torch.sigmoid(S_ - b)
+
+    def binarise(S_: torch.Tensor) -> torch.Tensor:
+        g = gamma_of(S_)
+        if budget == "strict":
+            # exactly k entries: the k largest gamma; ties broken towards larger |delta|
+            key = g + 1e-12 * (delta_c.abs() / (delta_c.abs().max() + 1e-30))
+            chosen = cand[torch.topk(key, min(k, cand.numel()), sorted=False).indices]
+        else:
+            chosen = cand[g >= 0.5]
+        return torch.sort(chosen).values
+
+    history: list[dict[str, Any]] = []
+    st = ctx.state or {}
+    if st:
+        S = st["S"].to(dev)
+        start = st["step"] + 1
+        best = st["best"]
+        best_idx = st["best_idx"].to(dev)
+        history = st["history"]
+        since_best = st.get("since_best", 0)
+    else:
+        t0 = time.perf_counter()
+        idx0 = binarise(S)
+        sc = _score(space, space.theta_from_indices(idx0), [ctx.train, ctx.dev])
+        history.append({"update": 0, **sc, "size": int(idx0.numel()), "seconds": time.perf_counter() - t0})
+        best, best_idx, since_best, start = sc["score"], idx0, 0, 1
+        if ctx.progress:
+            ctx.progress(0, updates, history[-1])
+    for step in range(start, updates + 1):
+        t0 = time.perf_counter()
+        gamma = gamma_of(S)
+        theta = pre.index_add(0, cand, gamma * delta_c).requires_grad_(True)
+        for batch in batches:
+            logits = space.forward(theta, batch)
+            loss = loss_fn(logits.float(), batch["labels"]) / len(batches)  # averaged over mini-batches
+            loss.backward()
+        g_theta = theta.grad[cand]
+        sig = torch.sigmoid(S - b)
+        grad_S = g_theta * delta_c * (1 - 2 * base_c) * sig * (1 - sig)
+        if step_rule == "normalized":
+            S = S - lr * grad_S / (grad_S.abs().max() + 1e-30)
+        else:
+            S = S - lr * grad_S
+        del theta
+        idx = binarise(S)
+        sc = _score(space, space.theta_from_indices(idx), [ctx.train, ctx.dev])
+        history.append({"update": step, **sc, "size": int(idx.numel()), "seconds": time.perf_counter() - t0})
+        if sc["score"] > best:
+            best, best_idx, since_best = sc["score"], idx, 0
+        else:
+            since_best += 1
+        if ctx.progress:
+            ctx.progress(step, updates, history[-1])
+        if ctx.checkpoint:
+            ctx.checkpoint({"S": S.detach().cpu(), "step": step, "best": best, "best_idx": best_idx.cpu(),
+                            "history": history, "since_best": since_best})
+        if patience and since_best >= int(patience):
+            break
+    best_update = max(history, key=lambda h: (h["score"], -h["update"]))["update"]
+    return Selection(best_idx.cpu(), {"history": history, "best_update": best_update, "best_score": best,
+                                      "updates_run": history[-1]["update"], "candidates": int(cand.numel())})
+
+
+def grad_S_reference(space: GraftSpace, S: torch.Tensor, base: torch.Tensor, b: float,
+                     batch: dict[str, Any]) -> torch.Tensor:
+    """dL/dS by autograd through gamma (for tests; the loop uses the closed form of METHOD.md §2)."""
+    S = S.detach().clone().requires_grad_(True)
+    gamma = base + (1 - 2 * base) * torch.sigmoid(S - b)
+    theta = space.pre + gamma * space.delta
+    logits = space.forward(theta, batch)
+    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+    loss.backward()
+    return S.grad.detach()
+
+
+register(Method("graft", "learned binary graft: sigmoid mask around the base patch, GD on S (Panigrahi et al.)",
+                "https://arxiv.org/abs/2302.06600", True, learn_graft))

@@ -1,0 +1,130 @@
+"""The graft space: theta_pre and delta = theta_ft - theta_pre over the graftable set, as flat vectors.
+
+A ``GraftSpace`` holds one working model (pretrained values everywhere except the fine-tuned task
+head) and evaluates it with any graftable vector theta via ``torch.func.functional_call`` — no model
+is rebuilt or copied per update, and no parameter names are matched per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from mtgraft.errors import MtgraftError
+from mtgraft.models import Encoded, TaskModel, collate, model_inputs
+
+
+@dataclass
+class GraftSpace:
+    """Flat graftable space of a (pretrained, fine-tuned) pair sharing one working model."""
+
+    model: TaskModel  # fine-tuned heads, pretrained values elsewhere
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    sizes: list[int]
+    pre: torch.Tensor  # [N]
+    delta: torch.Tensor  # [N]
+    base_hash: str
+    device: torch.device
+
+    @property
+    def numel(self) -> int:
+        return int(self.pre.numel())
+
+    @classmethod
+    def build(cls, finetuned: TaskModel, pretrained: TaskModel, device: torch.device) -> GraftSpace:
+        """Flatten the graftable tensors; reset every non-graftable, non-head tensor to pretrained."""
+        names = finetuned.graftable_names()
+        if names != pretrained.graftable_names():
+            raise MtgraftError("the fine-tuned and pretrained models have different graftable parameters "
+                               "(is --pretrained the model this checkpoint was fine-tuned from?)")
+        ft = dict(finetuned.named_parameters())
+        pre = dict(pretrained.named_parameters())
+        for n in names:
+            if ft[n].shape != pre[n].shape:
+                raise MtgraftError(f"shape mismatch for {n}: fine-tuned {tuple(ft[n].shape)} vs pretrained "
+                                   f"{tuple(pre[n].shape)}")
+        base_hash = pretrained.base_hash()
+        with torch.no_grad():
+            pre_flat = torch.cat([pre[n].detach().reshape(-1).float() for n in names])
+            ft_flat = torch.cat([ft[n].detach().reshape(-1).float() for n in names])
+            graftable = set(names)
+            for n, p in finetuned.named_parameters():
+                if n not in graftable and not n.startswith("heads.") and n in pre:
+                    p.copy_(pre[n])  # embeddings / LM head: pretrained values (the graft only moves P)
+        for p in finetuned.parameters():
+            p.requires_grad_(False)
+        finetuned.eval()
+        finetuned.to(device)
+        return cls(finetuned, names, [tuple(ft[n].shape) for n in names], [ft[n].numel() for n in names],
+                   pre_flat.to(device), (ft_flat - pre_flat).to(device), base_hash, device)
+
+    # -- parameters -----------------------------------------------------------------------------
+    def params(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of a flat theta as the model's graftable tensors."""
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(theta, self.sizes), self.shapes, strict=True)}
+
+    def theta_from_indices(self, idx: torch.Tensor) -> torch.Tensor:
+        """theta_pre + delta on ``idx`` (a binary graft)."""
+        theta = self.pre.clone()
+        idx = idx.to(self.device)
+        theta[idx] += self.delta[idx]
+        return theta
+
+    def forward(self, theta: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Logits of the working model with graftable parameters ``theta``."""
+        return functional_call(self.model, self.params(theta), args=(), kwargs=model_inputs(batch))
+
+    @torch.no_grad()
+    def predict(self, theta: torch.Tensor, enc: Encoded, batch_size: int = 64) -> np.ndarray:
+        """Softmax probabilities of the model at ``theta`` on ``enc``."""
+        from mtgraft.training import predict_probs
+
+        params = self.params(theta)
+        return predict_probs(self.model, enc, batch_size, self.device,
+                             forward=lambda **kw: functional_call(self.model, params, args=(), kwargs=kw))
+
+    # -- structure ------------------------------------------------------------------------------
+    def offsets(self) -> np.ndarray:
+        """Start offset of each graftable tensor in the flat space."""
+        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+
+    def bias_indices(self) -> torch.Tensor:
+        """Flat indices of every bias entry of the graftable set."""
+        offs = self.offsets()
+        parts = [torch.arange(o, o + s) for n, o, s in zip(self.names, offs, self.sizes, strict=True)
+                 if n.endswith(".bias")]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def graftable_list(self) -> list[tuple[str, list[int]]]:
+        """[name, shape] pairs (the SkillPatch header's ``graftable``)."""
+        return [(n, list(s)) for n, s in zip(self.names, self.shapes, strict=True)]
+
+    def batches(self, enc: Encoded, batch_size: int) -> list[dict[str, Any]]:
+        """Fixed mini-batches (in order) of ``enc`` on the device."""
+        pad = self.model.tokenizer.pad_token_id
+        return [collate(enc, range(s, min(s + batch_size, len(enc))), pad, self.device)
+                for s in range(0, len(enc), batch_size)]
+
+
+def budget_k(sparsity: float, numel: int) -> int:
+    """k = round(s · |P|), with clear errors for s outside (0, 1] and k = 0."""
+    if not (0 < sparsity <= 1):
+        raise MtgraftError(f"sparsity must be in (0, 1], got {sparsity:g}")
+    k = int(round(sparsity * numel))
+    if k == 0:
+        raise MtgraftError(f"sparsity {sparsity:g} of {numel:,} graftable parameters is an empty region (k = 0); "
+                           f"use at least {1 / numel:.1e}")
+    return k
+
+
+def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted flat indices of exactly ``k`` largest entries (global, not per tensor)."""
+    if k >= scores.numel():
+        return torch.arange(scores.numel(), device=scores.device)
+    idx = torch.topk(scores, k, sorted=False).indices
+    return torch.sort(idx).values

@@ -1,0 +1,643 @@
+"""The mask registry: SkillPatches as versions of MLflow registered models (tags and aliases).
+
+Each registered patch is a model version of ``skill.<task>.<base>-<hash8>`` (see ``naming.py``).
+The patch file is an artifact of an MLflow run (the graft run that made it, or a small
+``mtgraft-register`` run), the version's ``source`` is that artifact folder and its ``run_id``
+links it to the run. Tags (``mtgraft.*``) carry what the patch is; the alias ``best`` points at
+the version with the highest Rel, and MLflow's reserved alias ``latest`` at the newest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mtgraft.errors import MtgraftError
+from mtgraft.registry.naming import (
+    BEST,
+    LATEST,
+    Ref,
+    check_alias_name,
+    looks_like_path,
+    model_name,
+    parse_ref,
+)
+from mtgraft.utils import atomic_file, sha256_file
+
+T = TypeVar("T")
+
+KIND_TAG = "mtgraft.kind"
+KIND = "skillpatch"
+ARTIFACT_DIR = "skillpatch"
+EXPERIMENT = "mtgraft-registry"
+TAG = "mtgraft."
+SHA_TAG = "mtgraft.patch_sha256"
+FILE_TAG = "mtgraft.patch_file"
+
+
+@dataclass
+class RegisteredMask:
+    """One registered version of a SkillPatch."""
+
+    name: str
+    version: str
+    aliases: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    sha256: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        """``name/version``."""
+        return f"{self.name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {"name": self.name, "version": self.version, "ref": self.ref, "aliases": self.aliases,
+                "run_id": self.run_id, "sha256": self.sha256, "tags": self.tags}
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "urllib3.connectionpool"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """Hide MLflow's artifact progress bars (patches are kB; the bars only clutter stderr)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    if old is None:
+        os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "message", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _is_transient(e: Exception) -> bool:
+    code = getattr(e, "error_code", "")
+    text = str(e).lower()
+    return code == "TEMPORARILY_UNAVAILABLE" or "database is locked" in text or "locked" in text and "sqlite" in text
+
+
+def _is_connection_error(e: Exception) -> bool:
+    text = str(e)
+    return any(s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish",
+                                   "ConnectionError", "Name or service not known", "Read timed out"))
+
+
+def _num(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None
+
+
+def _metric(metrics: dict[str, Any], *keys: str) -> float | None:
+    """A headline metric from a patch header's metrics (``test`` section first, then top level)."""
+    for section in (metrics.get("test"), metrics):
+        if isinstance(section, dict):
+            for k in keys:
+                if k in section and _num(section[k]) is not None:
+                    return _num(section[k])
+    return None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def version_tags(header: Any, sha256: str, patch_file: str) -> dict[str, str]:
+    """The ``mtgraft.*`` tags recorded on a model version, from a patch header (None values omitted)."""
+    h = header
+    data = h.data or {}
+    fin = h.finetuned or {}
+    values: dict[str, Any] = {
+        "kind": KIND,
+        "task": h.task if isinstance(h.task, str) else "+".join(h.task),
+        "base_model": h.base_model,
+        "base_hash": h.base_hash,
+        "model_type": h.model_type,
+        "method": h.method,
+        "method_settings": h.method_settings or {},
+        "sparsity": h.sparsity,
+        "sparsity_requested": h.sparsity_requested,
+        "region_size": h.region_size,
+        "graftable_size": h.graftable_size,
+        "head_params": h.head_params,
+        "k": data.get("k"),
+        "data_seed": data.get("seed"),
+        "max_test": data.get("max_test"),
+        "seed": h.seed,
+        "finetune_run_id": fin.get("mlflow_run_id"),
+        "finetuned_path": fin.get("path"),
+        "test_accuracy": _metric(h.metrics or {}, "accuracy", "acc"),
+        "rel": _metric(h.metrics or {}, "rel", "Rel"),
+        "ece": _metric(h.metrics or {}, "ece", "ECE"),
+        "patch_sha256": sha256,
+        "patch_file": patch_file,
+        "payload_hash": h.payload_hash,
+        "created_at": h.created_at,
+    }
+    return {TAG + k: _fmt(v) for k, v in values.items() if v is not None}
+
+
+class MaskRegistry:
+    """SkillPatches in an MLflow model registry (``tracking_uri`` None: ``MLFLOW_TRACKING_URI`` or MLflow's default)."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        """Connect (and, for an http server, check within seconds that it answers)."""
+        import mlflow
+        from mlflow import MlflowClient
+
+        from mtgraft.tracking import check_reachable
+
+        _quiet_mlflow()
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+        check_reachable(self.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, fn: Callable[..., T], *args: Any, what: str = "MLflow request", retry: bool = True,
+              raw: tuple[str, ...] = (), **kwargs: Any) -> T:
+        """Call the MLflow client; retry transient failures (sqlite locks); MLflow errors -> MtgraftError
+        (except those whose error code is in ``raw``, which are re-raised as they are)."""
+        from mlflow.exceptions import MlflowException
+
+        delay = 0.05
+        attempts = 12 if retry else 1
+        for attempt in range(attempts):
+            try:
+                return fn(*args, **kwargs)
+            except MlflowException as e:
+                if self._code(e) in raw:
+                    raise
+                if attempt + 1 < attempts and _is_transient(e):
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise self._error(e, what) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, e: Exception, what: str) -> MtgraftError:
+        if _is_connection_error(e):
+            return MtgraftError(f"cannot reach the MLflow tracking server at {self.tracking_uri}: "
+                                f"{_first_line(e)[:200]}")
+        return MtgraftError(f"{what} failed at {self.tracking_uri}: {_first_line(e)[:300]}")
+
+    @staticmethod
+    def _code(e: Exception) -> str:
+        return str(getattr(e, "error_code", ""))
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self._call(self.client.get_experiment_by_name, EXPERIMENT, what="finding the registry experiment")
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self._call(self.client.create_experiment, EXPERIMENT, what="creating the registry experiment",
+                              raw=("RESOURCE_ALREADY_EXISTS",))
+        except MlflowException:  # created by a concurrent registration
+            pass
+        exp = self._call(self.client.get_experiment_by_name, EXPERIMENT, what="finding the registry experiment")
+        if exp is None:  # pragma: no cover
+            raise MtgraftError(f"cannot create MLflow experiment '{EXPERIMENT}' at {self.tracking_uri}")
+        return exp.experiment_id
+
+    def _ensure_registered_model(self, name: str, header: Any) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._call(self.client.get_registered_model, name, what=f"reading registered model {name}",
+                       raw=("RESOURCE_DOES_NOT_EXIST",))
+            return
+        except MlflowException:
+            pass
+        task = header.task if isinstance(header.task, str) else "+".join(header.task)
+        tags = {KIND_TAG: KIND, "mtgraft.task": task, "mtgraft.base_model": header.base_model,
+                "mtgraft.base_hash": header.base_hash, "mtgraft.model_type": header.model_type}
+        desc = (f"SkillPatches (graft regions) of task '{task}' on base model {header.base_model} "
+                f"({header.base_hash}). Made by mtgraft.")
+        try:  # a concurrent registration may create it first
+            self._call(self.client.create_registered_model, name, tags=tags, description=desc,
+                       what=f"creating registered model {name}", raw=("RESOURCE_ALREADY_EXISTS",))
+        except MlflowException:
+            pass
+
+    def _versions(self, filter_string: str) -> list[Any]:
+        out: list[Any] = []
+        token = None
+        while True:
+            page = self._call(self.client.search_model_versions, filter_string, max_results=1000,
+                              page_token=token, what="searching the model registry")
+            out.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                return out
+
+    def _registered_model(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._call(self.client.get_registered_model, name, what=f"reading registered model {name}",
+                              raw=("RESOURCE_DOES_NOT_EXIST",))
+        except MlflowException:
+            raise MtgraftError(f"unknown registered model '{name}' in the registry at {self.tracking_uri} "
+                               "(see 'mtgraft masks list')") from None
+
+    @staticmethod
+    def _aliases_of(rm: Any, version: str, newest: str | None) -> list[str]:
+        aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(version))
+        if newest is not None and str(version) == str(newest):
+            aliases = [LATEST, *aliases]
+        return aliases
+
+    def _newest(self, name: str) -> str | None:
+        versions = self._versions(f"name = '{name}'")
+        return str(max(int(v.version) for v in versions)) if versions else None
+
+    # ------------------------------------------------------------------ register
+
+    def register_patch(self, patch_path: str | os.PathLike, run_id: str | None = None,
+                       extra_tags: dict[str, Any] | None = None) -> RegisteredMask:
+        """Register a patch file as a new version (artifact logged to ``run_id``, or to a new run)."""
+        from mtgraft.patches.patch import SkillPatch
+
+        path = Path(patch_path)
+        patch = SkillPatch.load(path)
+        h = patch.header
+        sha = sha256_file(path)
+        name = model_name(h.task, h.base_model, h.base_hash)
+        own_run = run_id is None
+        if own_run:
+            run_id = self._start_register_run(h, name, sha)
+        else:
+            self._call(self.client.get_run, run_id, what=f"looking up MLflow run {run_id}")
+        status = "FAILED"
+        try:
+            artifact_file = self._log_patch(run_id, path, sha, fresh=own_run)
+            run = self._call(self.client.get_run, run_id, what=f"reading MLflow run {run_id}")
+            source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_file.rsplit('/', 1)[0]}"
+            tags = version_tags(h, sha, artifact_file)
+            tags.update({str(k): _fmt(v) for k, v in (extra_tags or {}).items() if v is not None})
+            self._ensure_registered_model(name, h)
+            desc = _describe(h)
+            mv = self._call(self.client.create_model_version, name, source, run_id=run_id, tags=tags,
+                            description=desc, await_creation_for=0, what=f"registering a version of {name}")
+            status = "FINISHED"
+        finally:
+            if own_run:
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(run_id, status=status)
+        self._update_best(name)
+        rm = self._registered_model(name)
+        newest = self._newest(name)
+        return RegisteredMask(name=name, version=str(mv.version), aliases=self._aliases_of(rm, mv.version, newest),
+                              run_id=run_id, sha256=sha, tags=tags)
+
+    def _start_register_run(self, h: Any, name: str, sha: str) -> str:
+        from mtgraft.tracking import flatten, numeric_metrics
+
+        exp_id = self._experiment_id()
+        task = h.task if isinstance(h.task, str) else "+".join(h.task)
+        tags = {"mlflow.runName": f"register {name}", "mtgraft.kind": "skillpatch-registration",
+                "mtgraft.task": task, "mtgraft.method": h.method, "mtgraft.patch_sha256": sha}
+        fin = (h.finetuned or {}).get("mlflow_run_id")
+        if fin:
+            tags["mtgraft.finetune_run_id"] = str(fin)
+        run = self._call(self.client.create_run, exp_id, tags=tags, run_name=f"register {name}",
+                         what="creating the registration run")
+        run_id = run.info.run_id
+        from mlflow.entities import Metric, Param
+
+        params = {"task": task, "base_model": h.base_model, "base_hash": h.base_hash, "method": h.method,
+                  "model_type": h.model_type, "sparsity": h.sparsity, "region_size": h.region_size,
+                  "seed": h.seed, **{f"method.{k}": v for k, v in flatten(h.method_settings or {}).items()},
+                  **{f"data.{k}": v for k, v in flatten(h.data or {}).items()}}
+        now = int(time.time() * 1000)
+        metrics = numeric_metrics(h.metrics or {})
+        self._call(self.client.log_batch, run_id,
+                   metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                   params=[Param(k, str(v)[:500]) for k, v in params.items() if v is not None],
+                   what="logging the registration run")
+        return run_id
+
+    def _log_patch(self, run_id: str, path: Path, sha: str, fresh: bool) -> str:
+        """Log the patch file under ``skillpatch/`` of the run; returns its artifact path."""
+        sub = ARTIFACT_DIR
+        if not fresh:  # a graft run may hold several patches: never overwrite one with other content
+            existing = {a.path for a in self._call(self.client.list_artifacts, run_id, ARTIFACT_DIR,
+                                                   what="listing run artifacts")}
+            if f"{ARTIFACT_DIR}/{path.name}" in existing:
+                sub = f"{ARTIFACT_DIR}/{sha[:12]}"
+        with _no_progress_bar():
+            self._call(self.client.log_artifact, run_id, str(path), sub, what="uploading the patch file")
+        return f"{sub}/{path.name}"
+
+    def _update_best(self, name: str) -> None:
+        """Point ``best`` at the highest-Rel version (ties: the older one) if it beats the current best."""
+        for _ in range(3):
+            rm = self._registered_model(name)
+            versions = self._versions(f"name = '{name}'")
+            rels = {str(v.version): _num(v.tags.get("mtgraft.rel")) for v in versions}
+            scored = [(r, -int(ver), ver) for ver, r in rels.items() if r is not None]
+            if not scored:
+                return
+            cand_rel, _, cand = max(scored)
+            cur = (rm.aliases or {}).get(BEST)
+            cur_rel = rels.get(str(cur)) if cur is not None else None
+            if cur is not None and str(cur) == cand:
+                return
+            if cur_rel is not None and not cand_rel > cur_rel:
+                return
+            self._call(self.client.set_registered_model_alias, name, BEST, cand, what=f"setting {name}@best")
+            time.sleep(0.02 * random.random())
+
+    # ------------------------------------------------------------------ look-up
+
+    def get_version(self, ref: str | Ref) -> Any:
+        """The MLflow ``ModelVersion`` a REF names (bare name: the newest); one clear line if unknown."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        from mlflow.exceptions import MlflowException
+
+        if r.version is not None:
+            self._registered_model(r.name)  # unknown model: one clear line
+            try:
+                return self._call(self.client.get_model_version, r.name, r.version, what=f"reading {r}",
+                                  raw=("RESOURCE_DOES_NOT_EXIST",))
+            except MlflowException:
+                have = sorted(int(v.version) for v in self._versions(f"name = '{r.name}'"))
+                raise MtgraftError(f"registered model '{r.name}' has no version {r.version} "
+                                   f"(versions: {_ranges(have) or 'none'})") from None
+        alias = r.alias or LATEST
+        rm = self._registered_model(r.name)
+        if alias.lower() != LATEST and alias not in (rm.aliases or {}):
+            known = ", ".join(sorted([LATEST, *(rm.aliases or {})]))
+            raise MtgraftError(f"registered model '{r.name}' has no alias '{alias}' (aliases: {known})")
+        try:
+            return self._call(self.client.get_model_version_by_alias, r.name, alias, what=f"reading {r}",
+                              raw=("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"))
+        except MlflowException:
+            raise MtgraftError(f"registered model '{r.name}' has no version for alias '{alias}'") from None
+
+    @staticmethod
+    def check_skillpatch(mv: Any) -> None:
+        """Refuse a registry entry that was not registered as a SkillPatch."""
+        if (mv.tags or {}).get(KIND_TAG) != KIND or SHA_TAG not in (mv.tags or {}) \
+                or FILE_TAG not in (mv.tags or {}):
+            raise MtgraftError(f"registry entry {mv.name}/{mv.version} is not a SkillPatch "
+                               f"(no {KIND_TAG}={KIND} tag with a recorded patch file and sha256)")
+
+    def fetch(self, ref: str | Ref, dst_dir: str | os.PathLike) -> tuple[Path, Any]:
+        """Download a registered patch into ``dst_dir`` and verify its sha256; returns (path, version)."""
+        mv = self.get_version(ref)
+        self.check_skillpatch(mv)
+        if not mv.run_id:
+            raise MtgraftError(f"registry entry {mv.name}/{mv.version} has no MLflow run to download from")
+        artifact = mv.tags[FILE_TAG]
+        with _no_progress_bar():
+            local = Path(self._call(self.client.download_artifacts, mv.run_id, artifact, str(dst_dir),
+                                    what=f"downloading {mv.name}/{mv.version}"))
+        expected = mv.tags[SHA_TAG]
+        got = sha256_file(local)
+        if got != expected:
+            local.unlink(missing_ok=True)
+            raise MtgraftError(f"sha256 mismatch for {mv.name}/{mv.version}: the registry recorded "
+                               f"{expected[:16]}…, the downloaded file has {got[:16]}… — refusing it")
+        return local, mv
+
+    def pull(self, ref: str | Ref, out: str | os.PathLike) -> dict[str, Any]:
+        """Download a registered patch to ``out`` (a file, or a folder to put it in), sha256-verified."""
+        from mtgraft.patches.patch import SkillPatch
+
+        with tempfile.TemporaryDirectory(prefix="mtgraft-pull-") as tmp:
+            local, mv = self.fetch(ref, tmp)
+            patch = SkillPatch.load(local)
+            if patch.header.base_hash != mv.tags.get("mtgraft.base_hash", patch.header.base_hash):
+                raise MtgraftError(f"registry entry {mv.name}/{mv.version}: the file's base hash differs "
+                                   "from the registered one — refusing it")
+            dest = Path(out)
+            if dest.is_dir():
+                dest = dest / local.name
+            with atomic_file(dest, "wb") as f, open(local, "rb") as src:
+                shutil.copyfileobj(src, f)
+        return {"ref": f"{mv.name}/{mv.version}", "name": mv.name, "version": str(mv.version),
+                "path": str(dest), "sha256": mv.tags[SHA_TAG], "verified": True}
+
+    # ------------------------------------------------------------------ browse
+
+    def list_masks(self, task: str | None = None, base: str | None = None) -> list[dict[str, Any]]:
+        """Registered SkillPatch versions (optionally of one task / base model), sorted by name and version."""
+        versions = self._versions(f"tags.`{KIND_TAG}` = '{KIND}'")
+        rows = []
+        models: dict[str, Any] = {}
+        newest: dict[str, int] = {}
+        for mv in versions:
+            newest[mv.name] = max(newest.get(mv.name, 0), int(mv.version))
+        for mv in versions:
+            t = mv.tags or {}
+            if task is not None and task not in t.get("mtgraft.task", "").split("+"):
+                continue
+            if base is not None and not _base_matches(base, t, mv.name):
+                continue
+            if mv.name not in models:
+                models[mv.name] = self._registered_model(mv.name)
+            rows.append(_row(mv, self._aliases_of(models[mv.name], mv.version, str(newest[mv.name]))))
+        rows.sort(key=lambda r: (r["name"], int(r["version"])))
+        return rows
+
+    def show(self, ref: str | Ref) -> dict[str, Any]:
+        """Everything about one registered patch: tags, aliases, run metrics and lineage."""
+        mv = self.get_version(ref)
+        self.check_skillpatch(mv)
+        rm = self._registered_model(mv.name)
+        tags = dict(mv.tags or {})
+        out = _row(mv, self._aliases_of(rm, mv.version, self._newest(mv.name)))
+        out["ref"] = f"{mv.name}/{mv.version}"
+        out["registered"] = True
+        out["tracking_uri"] = self.tracking_uri
+        out["tags"] = tags
+        out["description"] = mv.description
+        out["source"] = mv.source
+        out["created"] = mv.creation_timestamp
+        lineage: dict[str, Any] = {"run_id": mv.run_id, "finetune_run_id": tags.get("mtgraft.finetune_run_id"),
+                                   "finetuned_path": tags.get("mtgraft.finetuned_path"),
+                                   "base_model": tags.get("mtgraft.base_model"),
+                                   "base_hash": tags.get("mtgraft.base_hash")}
+        metrics: dict[str, float] = {}
+        if mv.run_id:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                run = self.client.get_run(mv.run_id)
+                metrics = dict(run.data.metrics)
+                lineage.update(run_name=run.info.run_name, experiment_id=run.info.experiment_id,
+                               run_status=run.info.status, artifact_uri=run.info.artifact_uri)
+                if self.tracking_uri.startswith(("http://", "https://")):
+                    lineage["run_url"] = (f"{self.tracking_uri.rstrip('/')}/#/experiments/"
+                                          f"{run.info.experiment_id}/runs/{mv.run_id}")
+            except MlflowException as e:
+                if _is_connection_error(e):
+                    raise self._error(e, "reading the producing run") from None
+                lineage["run_status"] = "deleted or unreadable"
+        out["metrics"] = metrics
+        out["lineage"] = lineage
+        return out
+
+    # ------------------------------------------------------------------ edit
+
+    def set_alias(self, ref: str | Ref, alias: str) -> dict[str, Any]:
+        """Point ``alias`` of the REF's registered model at the REF's version."""
+        check_alias_name(alias)
+        mv = self.get_version(ref)
+        self.check_skillpatch(mv)
+        self._call(self.client.set_registered_model_alias, mv.name, alias, str(mv.version),
+                   what=f"setting {mv.name}@{alias}")
+        return {"name": mv.name, "version": str(mv.version), "alias": alias}
+
+    def delete(self, ref: str | Ref, all_versions: bool = False) -> dict[str, Any]:
+        """Delete one version (``name/N`` or ``name@alias``), or with ``all_versions`` a whole registered model."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        if r.bare:
+            if not all_versions:
+                raise MtgraftError(f"'{r.name}' names a whole registered model: give name/version or name@alias "
+                                   "to delete one version, or --all to delete the model and all its versions")
+            rm = self._registered_model(r.name)
+            if (rm.tags or {}).get(KIND_TAG) != KIND:
+                raise MtgraftError(f"registered model '{r.name}' is not a SkillPatch model; not deleting it")
+            n = len(self._versions(f"name = '{r.name}'"))
+            self._call(self.client.delete_registered_model, r.name, what=f"deleting {r.name}")
+            return {"deleted": r.name, "versions": n}
+        mv = self.get_version(r)
+        self.check_skillpatch(mv)
+        self._call(self.client.delete_model_version, mv.name, str(mv.version),
+                   what=f"deleting {mv.name}/{mv.version}")
+        self._update_best(mv.name)
+        return {"deleted": f"{mv.name}/{mv.version}", "versions": 1}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _describe(h: Any) -> str:
+    acc = _metric(h.metrics or {}, "accuracy", "acc")
+    rel = _metric(h.metrics or {}, "rel", "Rel")
+    bits = [f"SkillPatch of task '{h.task if isinstance(h.task, str) else '+'.join(h.task)}'",
+            f"method {h.method}", f"sparsity {h.sparsity:.3g} of the graftable body ({h.region_size} params)"]
+    if acc is not None:
+        bits.append(f"test accuracy {acc:.4f}")
+    if rel is not None:
+        bits.append(f"Rel {rel:.4f}")
+    return ", ".join(bits) + "."
+
+
+def _row(mv: Any, aliases: list[str]) -> dict[str, Any]:
+    return _row_from(mv.name, str(mv.version), mv.run_id, mv.tags or {}, aliases)
+
+
+def _row_from(name: str, version: str | None, run_id: str | None, t: dict[str, str],
+              aliases: list[str]) -> dict[str, Any]:
+    region = t.get("mtgraft.region_size")
+    return {
+        "name": name, "version": version, "aliases": aliases,
+        "task": t.get("mtgraft.task"), "base_model": t.get("mtgraft.base_model"),
+        "base_hash": t.get("mtgraft.base_hash"), "method": t.get("mtgraft.method"),
+        "sparsity": _num(t.get("mtgraft.sparsity")),
+        "region_size": int(region) if region is not None and region.isdigit() else None,
+        "k": t.get("mtgraft.k"), "seed": t.get("mtgraft.seed"),
+        "accuracy": _num(t.get("mtgraft.test_accuracy")), "rel": _num(t.get("mtgraft.rel")),
+        "ece": _num(t.get("mtgraft.ece")), "run_id": run_id, "sha256": t.get(SHA_TAG),
+    }
+
+
+def _base_matches(base: str, tags: dict[str, str], name: str) -> bool:
+    from mtgraft.registry.naming import base_short_name
+
+    b = base.lower()
+    model = tags.get("mtgraft.base_model", "")
+    h = tags.get("mtgraft.base_hash", "").lower()
+    return (b in (model.lower(), base_short_name(model)) or base_short_name(base) == base_short_name(model)
+            or (len(b.split(":")[-1]) >= 6 and h.split(":")[-1].startswith(b.split(":")[-1])))
+
+
+def _ranges(nums: list[int]) -> str:
+    if not nums:
+        return ""
+    parts, start, prev = [], nums[0], nums[0]
+    for n in [*nums[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------- REFs that may be files
+
+
+def file_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``show`` reports for a local patch file: the same fields and the tags it would be registered with."""
+    from mtgraft.patches.patch import SkillPatch
+
+    p = Path(path)
+    patch = SkillPatch.load(p)
+    h = patch.header
+    sha = sha256_file(p)
+    tags = version_tags(h, sha, f"{ARTIFACT_DIR}/{p.name}")
+    out = _row_from(model_name(h.task, h.base_model, h.base_hash), None, None, tags, [])
+    out.update(ref=str(p), path=str(p), registered=False, tags=tags, metrics=h.metrics,
+               lineage={"finetune_run_id": (h.finetuned or {}).get("mlflow_run_id"),
+                        "finetuned_path": (h.finetuned or {}).get("path"),
+                        "base_model": h.base_model, "base_hash": h.base_hash})
+    return out
+
+
+
+@contextlib.contextmanager
+def resolve_patch_files(refs: list[str], tracking_uri: str | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Yield one dict per REF (``path``, ``ref``, ``sha256``, ``registry``): local files as they are,
+    registry entries downloaded (sha256-verified) into a temporary folder removed afterwards."""
+    registry: MaskRegistry | None = None
+    with tempfile.TemporaryDirectory(prefix="mtgraft-refs-") as tmp:
+        out = []
+        for i, ref in enumerate(refs):
+            p = Path(ref).expanduser()
+            if p.is_file():
+                out.append({"ref": ref, "path": p, "sha256": sha256_file(p), "registry": False})
+                continue
+            if looks_like_path(ref) and not ("@" in ref or ref.startswith("models:/")):
+                raise MtgraftError(f"patch file '{ref}' does not exist (nor is it a registry reference)")
+            if registry is None:
+                registry = MaskRegistry(tracking_uri)
+            dst = Path(tmp) / str(i)
+            dst.mkdir()
+            local, mv = registry.fetch(ref, dst)
+            out.append({"ref": f"{mv.name}/{mv.version}", "path": local, "sha256": mv.tags[SHA_TAG],
+                        "registry": True, "base_hash": mv.tags.get("mtgraft.base_hash")})
+        yield out

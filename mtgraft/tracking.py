@@ -1,0 +1,147 @@
+"""MLflow run tracking shared by every command (respects ``--tracking-uri`` / ``MLFLOW_TRACKING_URI``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtgraft.errors import MtgraftError
+
+EXPERIMENTS = {
+    "train": "mtgraft-train",
+    "multitask": "mtgraft-train",
+    "graft": "mtgraft-graft",
+    "eval": "mtgraft-eval",
+    "report": "mtgraft-overlap",
+    "run": "mtgraft-studies",
+}
+
+
+def check_reachable(uri: str | None, timeout: float = 4.0) -> None:
+    """Fail fast with one line when an http(s) tracking server cannot be reached."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except urllib.error.HTTPError:
+        return  # it answered: reachable (an older server may lack /health)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise MtgraftError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into 'a.b' keys (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def numeric_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested dict, keyed 'prefix/a/b' (MLflow metric keys)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(numeric_metrics(v, key + "/"))
+        elif isinstance(v, bool):
+            continue
+        elif isinstance(v, (int, float)) and v == v:
+            out[key] = float(v)
+    return out
+
+
+class Run:
+    """A thin handle on an active MLflow run (no-op when tracking is disabled)."""
+
+    def __init__(self, client: Any, run_id: str | None) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.run_id:
+            return
+        import mlflow
+
+        flat = {k: (str(v)[:500] if v is not None else "None") for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i:i + 100]))
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None, prefix: str = "") -> None:
+        if not self.run_id:
+            return
+        import mlflow
+
+        m = numeric_metrics(metrics, prefix)
+        if m:
+            mlflow.log_metrics(m, step=step)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if not self.run_id:
+            return
+        import mlflow
+
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self.run_id:
+            return
+        import mlflow
+
+        p = Path(path)
+        if p.is_dir():
+            mlflow.log_artifacts(str(p), artifact_path)
+        else:
+            mlflow.log_artifact(str(p), artifact_path)
+
+    def log_config(self, config: dict[str, Any], name: str = "config.yaml") -> None:
+        if not self.run_id:
+            return
+        with tempfile.TemporaryDirectory() as d:
+            f = Path(d) / name
+            f.write_text(yaml.safe_dump(config, sort_keys=False))
+            self.log_artifact(f)
+
+
+@contextlib.contextmanager
+def mlflow_run(kind: str, run_name: str, tracking_uri: str | None = None, enabled: bool = True,
+               tags: dict[str, Any] | None = None, nested: bool = False) -> Iterator[Run]:
+    """Start an MLflow run in the experiment for ``kind``; yields a :class:`Run`."""
+    if not enabled:
+        yield Run(None, None)
+        return
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    check_reachable(tracking_uri)
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        mlflow.set_experiment(EXPERIMENTS.get(kind, f"mtgraft-{kind}"))
+        active = mlflow.start_run(run_name=run_name, nested=nested, tags={k: str(v) for k, v in (tags or {}).items()})
+    except Exception as e:  # a broken store is a user-facing condition
+        raise MtgraftError(f"cannot start an MLflow run at {mlflow.get_tracking_uri()}: {str(e).splitlines()[0]}") from None
+    status = "FAILED"
+    try:
+        yield Run(mlflow.MlflowClient(), active.info.run_id)
+        status = "FINISHED"
+    finally:
+        mlflow.end_run(status=status)
