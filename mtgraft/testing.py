@@ -34,3 +34,38 @@ def make_tiny_model(model_type: str, out: str | Path, seed: int = 0, hidden: int
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+def example_task_yaml() -> str:
+    """Path of the small local example task shipped in experiments/tasks (for tests)."""
+    here = Path(__file__).resolve().parent.parent / "experiments" / "tasks" / "example_local.yaml"
+    return str(here)
+
+
+def make_tiny_checkpoint(out: str | Path, pretrained: str, task: str, model_type: str = "head",
+                         seed: int = 0, scale: float = 0.05, data: dict | None = None) -> str:
+    """A 'fine-tuned' checkpoint: the tiny pretrained model with seeded random moves of its trainable body.
+
+    Stands in for fine-tuning in fast unit tests of grafting (the moves are real tensors, not mocks).
+    """
+    from mtgraft.models import CheckpointMeta, build_task_model, save_checkpoint
+    from mtgraft.tasks import get_task
+
+    spec = get_task(task)
+    model = build_task_model(pretrained, model_type, [spec])
+    pre_hash = model.base_hash()
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n in model.graftable_names():
+            p = params[n]
+            # heavy-tailed moves so that a few entries matter most, as in real fine-tuning
+            p.add_(scale * torch.randn(p.shape, generator=gen) ** 3)
+        for n in model.head_param_names():
+            params[n].add_(0.5 * torch.randn(params[n].shape, generator=gen))
+    info = model.tasks[spec.name]
+    meta = CheckpointMeta(model_type=model_type, tasks=[info], pretrained={"name": pretrained, "hash": pre_hash},
+                          data=data or {"k": 2, "seed": 13, "max_test": None, "max_length": 32}, mode="single",
+                          order=[spec.name])
+    save_checkpoint(model, meta, out)
+    return str(out)

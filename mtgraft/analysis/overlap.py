@@ -523,3 +523,30 @@ def breakdown_matrices(
         "intersection": inter,
         "expected": expected,
     }
+
+
+def breakdown_stats(bd: Mapping[str, Any]) -> dict[str, Any]:
+    """Pair metrics within each group of a ``breakdown_matrices`` result, all [G, n, n] (NaN = undefined).
+
+    ``containment[g, i, j] = |g_i ∩ g_j ∩ group| / |g_j ∩ group|``; jaccard, overlap_coefficient,
+    enrichment (observed / the group's chance |a_g||b_g|/P_g), p_value and log10_p_value as in ``pair_overlap``.
+    """
+    inter = np.asarray(bd["intersection"], dtype=np.int64)
+    sizes = np.asarray(bd["sizes"], dtype=np.int64)
+    params = np.asarray(bd["params"], dtype=np.int64)
+    G = inter.shape[0]
+    n = inter.shape[1] if inter.ndim == 3 else 0
+    na = np.broadcast_to(sizes[:, :, None], (G, n, n))
+    nb = np.broadcast_to(sizes[:, None, :], (G, n, n))
+    Pg = np.broadcast_to(np.maximum(params, 1)[:, None, None], (G, n, n))
+    st = _pair_stats(inter, na, nb, Pg)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        containment = np.where(nb > 0, inter / np.maximum(nb, 1), np.nan)
+    return {
+        "containment": containment,
+        "jaccard": st["jaccard"],
+        "overlap_coefficient": st["overlap_coefficient"],
+        "enrichment": st["enrichment"],
+        "p_value": st["p_value"],
+        "log10_p_value": st["log10_p_value"],
+    }

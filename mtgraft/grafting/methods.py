@@ -160,7 +160,6 @@ def learn_graft(ctx: SelectContext) -> Selection:
                         [train.token_type_ids[i] for i in sel] if train.token_type_ids else None,
                         [train.labels[i] for i in sel], [train.positions[i] for i in sel] if train.positions else [])
     batches = space.batches(train, bs)
-    loss_fn = torch.nn.CrossEntropyLoss()
 
     def gamma_of(S_: torch.Tensor) -> torch.Tensor:
         return base_c + (1 - 2 * base_c) * torch.sigmoid(S_ - b)
@@ -194,20 +193,11 @@ def learn_graft(ctx: SelectContext) -> Selection:
             ctx.progress(0, updates, history[-1])
     for step in range(start, updates + 1):
         t0 = time.perf_counter()
-        gamma = gamma_of(S)
-        theta = pre.index_add(0, cand, gamma * delta_c).requires_grad_(True)
-        for batch in batches:
-            logits = space.forward(theta, batch)
-            loss = loss_fn(logits.float(), batch["labels"]) / len(batches)  # averaged over mini-batches
-            loss.backward()
-        g_theta = theta.grad[cand]
-        sig = torch.sigmoid(S - b)
-        grad_S = g_theta * delta_c * (1 - 2 * base_c) * sig * (1 - sig)
+        grad_S = grad_S_closed_form(space, S, cand, base_c, b, batches)
         if step_rule == "normalized":
             S = S - lr * grad_S / (grad_S.abs().max() + 1e-30)
         else:
             S = S - lr * grad_S
-        del theta
         idx = binarise(S)
         sc = _score(space, space.theta_from_indices(idx), [ctx.train, ctx.dev])
         history.append({"update": step, **sc, "size": int(idx.numel()), "seconds": time.perf_counter() - t0})
@@ -225,6 +215,23 @@ def learn_graft(ctx: SelectContext) -> Selection:
     best_update = max(history, key=lambda h: (h["score"], -h["update"]))["update"]
     return Selection(best_idx.cpu(), {"history": history, "best_update": best_update, "best_score": best,
                                       "updates_run": history[-1]["update"], "candidates": int(cand.numel())})
+
+
+def grad_S_closed_form(space: GraftSpace, S: torch.Tensor, cand: torch.Tensor, base_c: torch.Tensor, b: float,
+                       batches: list[dict[str, Any]]) -> torch.Tensor:
+    """dL/dS = (dL/dtheta ⊙ delta) ⊙ (1 − 2·base) ⊙ sigmoid'(S − b) (METHOD.md §2), L averaged over batches.
+
+    One backward pass per mini-batch into a flat leaf theta; no gradient for any model parameter.
+    """
+    delta_c = space.delta[cand]
+    sig = torch.sigmoid(S - b)
+    gamma = base_c + (1 - 2 * base_c) * sig
+    theta = space.pre.index_add(0, cand, gamma * delta_c).requires_grad_(True)
+    for batch in batches:
+        logits = space.forward(theta, batch)
+        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"]) / len(batches)
+        loss.backward()
+    return theta.grad[cand] * delta_c * (1 - 2 * base_c) * sig * (1 - sig)
 
 
 def grad_S_reference(space: GraftSpace, S: torch.Tensor, base: torch.Tensor, b: float,

@@ -47,6 +47,12 @@ def apply_patches(patches: list[Any], base_model: str | None, out_dir: str | os.
                 raise MtgraftError(f"patch header has no tasks_info for task '{t}': cannot build its model")
             infos[t] = TaskInfo(name=t, **{k: v for k, v in p.header.tasks_info[t].items() if k != "name"})
 
+    # stitch before loading the model, so that overlap='error' fails fast
+    if len(patches) == 1:
+        patch, stats = patches[0], {"overlapping_entries": 0, "max_cover": 1 if patches[0].region_size else 0}
+    elif overlap != "sum":
+        patch, stats = stitch(patches, overlap)  # type: ignore[arg-type]
+
     target = base_model or h0.base_model
     if (Path(target) / CHECKPOINT_META).is_file():
         model, meta0 = load_checkpoint(target)
@@ -69,12 +75,9 @@ def apply_patches(patches: list[Any], base_model: str | None, out_dir: str | os.
         raise MtgraftError(f"base model '{target}' has content hash {short_hash(model_hash)}, but the patches "
                            f"were made for {h0.base_model} ({short_hash(h0.base_hash)}) — refusing to apply")
 
-    if len(patches) == 1:
-        patch, stats = patches[0], {"overlapping_entries": 0, "max_cover": 1 if patches[0].region_size else 0}
-    else:
+    if len(patches) > 1 and overlap == "sum":  # base + sum of the deltas: needs the base's tensors
         params = dict(model.named_parameters())
-        base = {n: params[n] for n in names} if overlap == "sum" else None
-        patch, stats = stitch(patches, overlap, base=base)  # type: ignore[arg-type]
+        patch, stats = stitch(patches, overlap, base={n: params[n] for n in names})  # type: ignore[arg-type]
     patch.apply_to_model(model, model_hash)
 
     srcs = sources or [{} for _ in patches]

@@ -72,18 +72,23 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+_QUIET_ENV = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # patches are kB; the bars only clutter stderr
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout is for --json
+}
+
+
 @contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """Hide MLflow's artifact progress bars (patches are kB; the bars only clutter stderr)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    if old is None:
-        os.environ[key] = "false"
+def _quiet_env() -> Iterator[None]:
+    """Keep MLflow from printing progress bars and run links (unless the user set these variables)."""
+    added = [k for k in _QUIET_ENV if k not in os.environ]
+    for k in added:
+        os.environ[k] = _QUIET_ENV[k]
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(key, None)
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def _first_line(e: BaseException) -> str:
@@ -91,10 +96,16 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+_TRANSIENT = ("database is locked", "integrityerror", "unique constraint failed", "duplicate key value",
+              "duplicate entry", "deadlock")
+
+
 def _is_transient(e: Exception) -> bool:
+    """Failures that a retry can fix: a locked sqlite store, or a concurrent writer winning an
+    insert race (e.g. two registrations setting the same alias at once)."""
     code = getattr(e, "error_code", "")
     text = str(e).lower()
-    return code == "TEMPORARILY_UNAVAILABLE" or "database is locked" in text or "locked" in text and "sqlite" in text
+    return code == "TEMPORARILY_UNAVAILABLE" or any(s in text for s in _TRANSIENT)
 
 
 def _is_connection_error(e: Exception) -> bool:
@@ -311,7 +322,7 @@ class MaskRegistry:
             status = "FINISHED"
         finally:
             if own_run:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception), _quiet_env():
                     self.client.set_terminated(run_id, status=status)
         self._update_best(name)
         rm = self._registered_model(name)
@@ -354,7 +365,7 @@ class MaskRegistry:
                                                    what="listing run artifacts")}
             if f"{ARTIFACT_DIR}/{path.name}" in existing:
                 sub = f"{ARTIFACT_DIR}/{sha[:12]}"
-        with _no_progress_bar():
+        with _quiet_env():
             self._call(self.client.log_artifact, run_id, str(path), sub, what="uploading the patch file")
         return f"{sub}/{path.name}"
 
@@ -419,7 +430,7 @@ class MaskRegistry:
         if not mv.run_id:
             raise MtgraftError(f"registry entry {mv.name}/{mv.version} has no MLflow run to download from")
         artifact = mv.tags[FILE_TAG]
-        with _no_progress_bar():
+        with _quiet_env():
             local = Path(self._call(self.client.download_artifacts, mv.run_id, artifact, str(dst_dir),
                                     what=f"downloading {mv.name}/{mv.version}"))
         expected = mv.tags[SHA_TAG]

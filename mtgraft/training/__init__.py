@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -148,6 +149,97 @@ def make_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay: fl
 
 
 # --------------------------------------------------------------------------------------------
+# Data parallelism (``accelerate launch`` / ``torchrun``)
+
+
+@dataclass
+class DistContext:
+    """Where this process stands in a data-parallel run; inactive (one process) unless launched with several.
+
+    Under ``accelerate launch --multi_gpu --num_processes N`` (or ``torchrun``) every process runs the same
+    command: each takes its share of every global batch, DDP averages the gradients, every process
+    evaluates alike (so all keep the same best state), and only the main process logs and writes files.
+    """
+
+    accelerator: Any | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index if self.accelerator is not None else 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: str) -> torch.device:
+        """The accelerator's device when active, else ``resolve_device(requested)``."""
+        return self.accelerator.device if self.active else resolve_device(requested)
+
+    def wait(self) -> None:
+        """Barrier across processes (no-op in a single process)."""
+        if self.active:
+            self.accelerator.wait_for_everyone()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` wrapped for data-parallel training (DDP) when active, else ``model`` itself."""
+        return self.accelerator.prepare_model(model) if self.active else model
+
+    def shard(self, idx: list[int]) -> list[int]:
+        """This process's share of a global batch (every ``world_size``-th example from ``rank``)."""
+        if not self.active:
+            return idx
+        if len(idx) < self.world_size:
+            raise MtgraftError(f"a batch of {len(idx)} examples cannot be split across {self.world_size} processes; "
+                               f"use --batch-size of at least {self.world_size}")
+        return idx[self.rank::self.world_size]
+
+
+_DIST: DistContext | None = None
+
+
+def launched_world_size() -> int:
+    """Number of processes this one was launched with (``WORLD_SIZE`` set by accelerate/torchrun; 1 if none)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def dist_context(device: str = "auto") -> DistContext:
+    """The process's :class:`DistContext` (an ``accelerate.Accelerator`` when launched with several processes).
+
+    CPU-only processes (no CUDA, or ``device='cpu'``) use the gloo backend.
+    """
+    global _DIST
+    if _DIST is not None:
+        return _DIST
+    if launched_world_size() <= 1:
+        return DistContext(None)
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    # one head per task: a batch of one task leaves the other heads without gradients
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    _DIST = DistContext(Accelerator(cpu=cpu, kwargs_handlers=[ddp]))
+    return _DIST
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-main process of a data-parallel launch (print and write only on main)."""
+    if launched_world_size() <= 1:
+        return True
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# --------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -223,11 +315,16 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
                progress: Callable[[int, dict[str, Any]], None] | None = None,
                on_eval: Callable[[EvalPoint], None] | None = None,
                keep_best: bool = True, checkpoint_hook: Callable[[int], None] | None = None,
-               start_step: int = 0, state: dict[str, Any] | None = None) -> LoopResult:
+               start_step: int = 0, state: dict[str, Any] | None = None,
+               dist: DistContext | None = None) -> LoopResult:
     """Optimise cross-entropy for ``max_steps``; evaluate ``dev_eval`` every ``eval_every`` steps.
 
     Keeps (in memory) the trainable tensors of the best dev score and loads them at the end.
+    With an active ``dist`` each process takes its share of every global batch and DDP averages the
+    gradients, so N processes follow the same trajectory as one (up to float rounding, dropout aside).
     """
+    ddp = dist is not None and dist.active
+    net = dist.wrap(model) if ddp else model
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in trainable]
     pre = None
@@ -242,15 +339,23 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
     train_time = st.get("train_time", 0.0)
     pad = model.tokenizer.pad_token_id
     loss_fn = nn.CrossEntropyLoss()
-    model.train()
+    net.train()
     last_loss = float("nan")
     for step in range(start_step + 1, max_steps + 1):
         t0 = time.perf_counter()
         enc, idx = stream.next()
+        n_global = len(idx)
+        if ddp:
+            idx = dist.shard(idx)
         batch = collate(enc, idx, pad, device)
         with autocast_ctx(device, precision):
-            logits = model(**model_inputs(batch))
-        loss = loss_fn(logits.float(), batch["labels"])
+            logits = net(**model_inputs(batch))
+        if ddp:
+            # sum over this share / global batch size * N: DDP's mean over processes is the global-batch mean
+            loss = nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum") \
+                * (dist.world_size / n_global)
+        else:
+            loss = loss_fn(logits.float(), batch["labels"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if pre is not None:
@@ -262,11 +367,11 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         train_time += time.perf_counter() - t0
-        seen += len(idx)
+        seen += n_global
         last_loss = loss.item()
         if step % eval_every == 0 or step == max_steps:
             dev = dev_eval()
-            model.train()
+            net.train()
             point = EvalPoint(step, dev)
             history.append(point)
             if on_eval:
@@ -368,7 +473,9 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
     ensure_writable_dir(Path(out).parent if Path(out).parent != Path("") else Path("."))
     if Path(out).exists() and not Path(out).is_dir():
         raise MtgraftError(f"--out '{out}' exists and is not a folder")
-    device = resolve_device(cfg.device)
+    dist = dist_context(cfg.device)
+    device = dist.device(cfg.device)
+    show_progress = show_progress and dist.is_main
     splits = prepare_task_data(task, cfg)
     set_seed(cfg.seed)
     model = build_task_model(cfg.model, cfg.type, [task])
@@ -383,8 +490,8 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
             "n_train": len(enc_train), "n_dev": len(enc_dev), "n_test": len(enc_test)}
     config = cfg.model_dump()
     config["out"] = out
-    with mlflow_run("train", f"train-{task.name}", cfg.tracking_uri, tags={"mtgraft.command": "train",
-                                                                      "mtgraft.task": task.name}) as run:
+    with mlflow_run("train", f"train-{task.name}", cfg.tracking_uri, enabled=dist.is_main,
+                    tags={"mtgraft.command": "train", "mtgraft.task": task.name}) as run:
         run.log_params(config)
         run.log_config(config)
         run.set_tags({"mtgraft.checkpoint": str(Path(out).resolve())})
@@ -406,7 +513,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
             res = train_loop(model, stream, dev_eval, optimizer=opt, max_steps=cfg.max_steps,
                              eval_every=cfg.eval_every, grad_clip=cfg.grad_clip, device=device,
                              precision=cfg.precision, l1_to_pretrained=cfg.l1_to_pretrained,
-                             progress=prog, on_eval=on_eval)
+                             progress=prog, on_eval=on_eval, dist=dist)
         dev_probs = predict_probs(model, enc_dev, 64, device, cfg.precision)
         test_probs = predict_probs(model, enc_test, 64, device, cfg.precision)
         dev_m = evaluate_probs(dev_probs, enc_dev.labels)
@@ -421,7 +528,9 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
             mlflow_run_id=run.run_id, provenance=provenance(),
         )
         model.to("cpu")
-        save_checkpoint(model, meta, out)
+        if dist.is_main:
+            save_checkpoint(model, meta, out)
+    dist.wait()
     return TrainResult(out, task.name, test_m, dev_m, res.best_step, res.steps, res.train_seconds,
                        res.examples_per_second, run.run_id, config, data)
 

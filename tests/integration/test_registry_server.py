@@ -98,6 +98,17 @@ def test_register_list_pull_apply_through_server(mlflow_server, tmp_path):
     for n in model.head_param_names("rt"):
         assert torch.allclose(gparams[n], p0[n] + 0.05)
 
+    # --overlap sum: base + the sum of both deltas on shared weights (a path works as a REF too)
+    out_sum = tmp_path / "grafted-sum"
+    r = runner.invoke(app, ["masks", "apply", str(pa), f"{name_b}@latest", "--out", str(out_sum),
+                            "--overlap", "sum", "--json", *u])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["overlapping_entries"] == n_overlap
+    gsum = dict(load_checkpoint(out_sum)[0].named_parameters())
+    got = torch.cat([gsum[n].detach().reshape(-1) for n in names])
+    expect[over] = base_flat[over] + 0.05 - 0.03
+    assert torch.allclose(got, expect, atol=1e-6)
+
     # --overlap error refuses overlapping patches and writes nothing
     r = runner.invoke(app, ["masks", "apply", f"{name_a}/1", str(pb), "--out", str(tmp_path / "no"),
                             "--overlap", "error", *u])
@@ -119,10 +130,7 @@ def test_register_list_pull_apply_through_server(mlflow_server, tmp_path):
 
 
 def _register_worker(uri: str, path: str, worker: int, barrier, out: str) -> None:
-    from mlflow.utils import request_utils
-
-    # a forked child must not reuse the parent's pooled HTTP connections
-    request_utils._get_request_session.cache_clear()
+    # (MLflow keys its pooled HTTP sessions by process id: a forked child opens its own connections)
     barrier.wait(timeout=120)
     m = MaskRegistry(uri).register_patch(path, extra_tags={"test.worker": worker})
     Path(out).write_text(json.dumps(m.to_dict()))
@@ -160,5 +168,5 @@ def test_eight_concurrent_registrations(mlflow_server, make_skillpatch, tmp_path
         got = reg.pull(f"{name}/{d['version']}", tmp_path / f"pulled{i}.safetensors")
         assert Path(got["path"]).read_bytes() == paths[i].read_bytes()
     # best ends on the highest Rel (worker 7), latest on the highest version
-    assert reg.get_version(f"{name}@best").version == int(results[n - 1]["version"])
-    assert reg.get_version(f"{name}@latest").version == n
+    assert str(reg.get_version(f"{name}@best").version) == results[n - 1]["version"]
+    assert str(reg.get_version(f"{name}@latest").version) == str(n)
