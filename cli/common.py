@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 
@@ -28,8 +27,8 @@ def explicit_options(ctx: typer.Context, params: dict[str, Any], skip: tuple[str
         if name in skip:
             continue
         src = ctx.get_parameter_source(name)
-        if src is not None and src not in (click.core.ParameterSource.DEFAULT,
-                                           click.core.ParameterSource.DEFAULT_MAP):
+        # typer vendors its own click: compare the enum by name
+        if src is not None and getattr(src, "name", str(src)) not in ("DEFAULT", "DEFAULT_MAP"):
             out[name] = value
     return out
 

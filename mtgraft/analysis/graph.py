@@ -130,7 +130,7 @@ def write_node_link(G: nx.Graph, path: str | os.PathLike) -> Path:
     return path
 
 
-def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "", seed: int = 0) -> Path:
+def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
     """PNG drawing: node area ~ region size, edge width ~ log2 enrichment, colours = communities, labelled."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -144,14 +144,11 @@ def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "", seed: int 
     if n == 0:
         ax.text(0.5, 0.5, "no tasks", ha="center", va="center")
     else:
-        if G.number_of_edges():
-            pos = nx.spring_layout(G, weight="log2_enrichment", seed=seed, k=1.6 / math.sqrt(n))
-        else:
-            pos = nx.circular_layout(G)
-        if n == 1:
-            pos = {next(iter(G.nodes)): np.array([0.0, 0.0])}
+        # circular layout, communities next to each other: deterministic and readable for a few tasks
+        order = sorted(G.nodes, key=lambda v: (G.nodes[v].get("community", 0), str(v)))
+        pos = nx.circular_layout(nx.path_graph(order)) if n > 1 else {order[0]: np.array([0.0, 0.0])}
         sizes = np.array([max(G.nodes[v].get("region_size", 0), 0) for v in G.nodes], dtype=np.float64)
-        area = 700 + 2600 * np.sqrt(sizes / sizes.max()) if sizes.max() > 0 else np.full(n, 900.0)
+        area = 1400 + 3200 * np.sqrt(sizes / sizes.max()) if sizes.max() > 0 else np.full(n, 900.0)
         cmap = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C",
                 "#CCB974", "#64B5CD"]
         colors = [cmap[G.nodes[v].get("community", 0) % len(cmap)] for v in G.nodes]
@@ -159,12 +156,13 @@ def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "", seed: int 
             widths = [1.0 + 2.2 * max(d["log2_enrichment"], 0.0) for _, _, d in G.edges(data=True)]
             nx.draw_networkx_edges(G, pos, ax=ax, width=widths, edge_color="#555555", alpha=0.6)
             labels = {(u, v): f"{d['enrichment']:.1f}×" for u, v, d in G.edges(data=True)}
-            nx.draw_networkx_edge_labels(G, pos, edge_labels=labels, ax=ax, font_size=8,
+            nx.draw_networkx_edge_labels(G, pos, edge_labels=labels, ax=ax, font_size=8, rotate=False,
                                          bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         nx.draw_networkx_nodes(G, pos, ax=ax, node_size=area, node_color=colors, alpha=0.9,
                                edgecolors="black", linewidths=0.8)
         nlabels = {v: f"{v}\n{G.nodes[v].get('region_size', 0):,}" for v in G.nodes}
-        nx.draw_networkx_labels(G, pos, labels=nlabels, ax=ax, font_size=8)
+        nx.draw_networkx_labels(G, pos, labels=nlabels, ax=ax, font_size=8,
+                                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.7})
         xs = np.array([p[0] for p in pos.values()])
         ys = np.array([p[1] for p in pos.values()])
         padx = max(0.35, 0.25 * (xs.max() - xs.min()))

@@ -188,7 +188,12 @@ class MaskRegistry:
         _quiet_mlflow()
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
         check_reachable(self.tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        except MlflowException as e:  # unsupported scheme, retired file store, unreadable database...
+            raise MtgraftError(f"cannot open the MLflow store at {self.tracking_uri}: {_first_line(e)[:300]}") from None
 
     # ------------------------------------------------------------------ plumbing
 

@@ -162,6 +162,7 @@ class DistContext:
     """
 
     accelerator: Any | None = None
+    _wrapped: dict[int, nn.Module] = field(default_factory=dict, repr=False)
 
     @property
     def world_size(self) -> int:
@@ -189,8 +190,15 @@ class DistContext:
             self.accelerator.wait_for_everyone()
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` wrapped for data-parallel training (DDP) when active, else ``model`` itself."""
-        return self.accelerator.prepare_model(model) if self.active else model
+        """``model`` wrapped for data-parallel training (DDP) when active, else ``model`` itself.
+
+        A model is wrapped once (later loops over it, e.g. the stages of a sequential run, reuse the wrapper).
+        """
+        if not self.active:
+            return model
+        if id(model) not in self._wrapped:
+            self._wrapped[id(model)] = self.accelerator.prepare_model(model)
+        return self._wrapped[id(model)]
 
     def shard(self, idx: list[int]) -> list[int]:
         """This process's share of a global batch (every ``world_size``-th example from ``rank``)."""

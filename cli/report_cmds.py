@@ -1,0 +1,87 @@
+"""``mtgraft overlap-report``: overlap of task regions against chance, the task graph, transfer, one report."""
+
+from __future__ import annotations
+
+import tempfile
+
+import typer
+
+from cli.app import app
+from cli.common import console, handle_errors, print_json
+from mtgraft.errors import MtgraftError
+
+SELECT = "Which patches (registry selectors or files)"
+ANALYSIS = "Analysis"
+OUT = "Output"
+
+
+def _split(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out += [x.strip() for x in v.split(",") if x.strip()]
+    return out
+
+
+@app.command("overlap-report")
+@handle_errors
+def overlap_report_cmd(
+    task: list[str] | None = typer.Option(None, "--task", help="Task(s) to take from the registry (repeat or comma-separate); default: every task of --base.", rich_help_panel=SELECT),
+    base: str | None = typer.Option(None, "--base", help="Base model of the registry patches (name, short name or start of its hash).", rich_help_panel=SELECT),
+    alias: str = typer.Option("best", "--alias", help="Registry alias to take per task: best | latest | any alias you set.", rich_help_panel=SELECT),
+    patches: list[str] | None = typer.Option(None, "--patches", help="SkillPatch files (repeat the option, or list files after it).", rich_help_panel=SELECT),
+    files: list[str] | None = typer.Argument(None, help="More SkillPatch files (same as --patches).", show_default=False),
+    duplicates: str = typer.Option("error", "--duplicates", help="Two patches of one task: error | first (keep the first) | label (keep all, labelled by method and sparsity).", rich_help_panel=SELECT),
+    with_transfer: bool = typer.Option(False, "--with-transfer", help="Evaluate each graft on every task with the same labels (Rel), union grafts, overlap-vs-transfer correlation.", rich_help_panel=ANALYSIS),
+    union: list[str] | None = typer.Option(None, "--union", help="A task group whose union graft to evaluate, e.g. --union a,b (repeatable; needs --with-transfer).", rich_help_panel=ANALYSIS),
+    min_enrichment: float = typer.Option(2.0, "--min-enrichment", help="Task-graph edge when the overlap is at least this many times chance ...", rich_help_panel=ANALYSIS),
+    max_p: float = typer.Option(0.05, "--max-p", help="... and its hypergeometric p-value is at most this.", rich_help_panel=ANALYSIS),
+    max_test: str = typer.Option("500", "--max-test", help="Cap on test examples per task for transfer, or 'all' (= as recorded).", rich_help_panel=ANALYSIS),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (transfer only).", rich_help_panel=ANALYSIS),
+    out: str | None = typer.Option(None, "--out", help="Report folder (default runs/overlap/<tasks>-<time>).", rich_help_panel=OUT),
+    title: str | None = typer.Option(None, "--title", help="Title of the report page.", rich_help_panel=OUT),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (registry and the report's run).", rich_help_panel=OUT),
+    no_track: bool = typer.Option(False, "--no-track", help="Do not log the report folder as an MLflow run.", rich_help_panel=OUT),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (out, files, per-pair metrics, summary) on stdout.", rich_help_panel=OUT),
+) -> None:
+    """How disjoint task regions are, against chance: metrics, task graph, transfer; an HTML/Markdown report."""
+    from mtgraft.analysis.report import DUPLICATE_POLICIES, build_report, select_patches_from_registry
+    from mtgraft.training import default_out
+
+    files_all = [*(patches or []), *(files or [])]
+    tasks = _split(task)
+    if duplicates not in DUPLICATE_POLICIES:
+        raise MtgraftError(f"--duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got '{duplicates}'")
+    if files_all and (tasks or base):
+        raise MtgraftError("give either patch files (--patches) or registry selectors (--task/--base), not both")
+    mt = None if max_test.strip().lower() == "all" else _int(max_test, "--max-test")
+    unions = [_split([u]) for u in (union or [])]
+    with tempfile.TemporaryDirectory(prefix="mtgraft-report-") as tmp:
+        if files_all:
+            inputs = files_all
+        else:
+            console.print(f"selecting patches from the registry (alias '{alias}')…")
+            inputs = [str(p) for p in select_patches_from_registry(tasks or None, base, alias, tracking_uri, tmp)]
+        name = "-".join(tasks) if tasks else "patches"
+        res = build_report(inputs, out or default_out("overlap", name[:60]), with_transfer=with_transfer,
+                           unions=unions, min_enrichment=min_enrichment, max_p=max_p, max_test=mt, device=device,
+                           title=title, duplicates=duplicates, track=not no_track, tracking_uri=tracking_uri,
+                           show_progress=not json_out)  # type: ignore[arg-type]
+    if json_out:
+        print_json(res.to_json())
+        return
+    for s in res.summary["summary"]["sentences"]:
+        console.print(f"• {s}", highlight=False, soft_wrap=True)
+    if res.mlflow_run_id:
+        console.print(f"mlflow run: {res.mlflow_run_id}")
+    console.print(f"report: [bold]{res.paths['html']}[/] (Markdown: {res.paths['markdown']}; data: "
+                  f"{res.paths['overlap_json']})", highlight=False, soft_wrap=True)
+
+
+def _int(v: str, opt: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise MtgraftError(f"{opt} must be a positive integer or 'all', got '{v}'") from None
+    if n <= 0:
+        raise MtgraftError(f"{opt} must be a positive integer or 'all', got '{v}'")
+    return n

@@ -1,0 +1,410 @@
+"""Multi-task fine-tuning (METHOD.md §4): ``joint`` (one model on a mixture of tasks) and ``sequential``
+(tasks one after another, continual learning), with the accuracy matrix and continual metrics.
+
+A ``head`` model has one head per task on a shared body; ``prompt``/``causal`` models share the LM head
+and use each task's template and label words. The run folder is a checkpoint of every task
+(``mtgraft graft --task T --finetuned DIR`` and ``--all-tasks`` work on it); a sequential run also
+keeps each stage's checkpoint in ``DIR/stage_<t>_<task>/`` and writes ``DIR/accuracy_matrix.{csv,json,png}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from mtgraft.config import TrainConfig
+from mtgraft.errors import MtgraftError
+from mtgraft.models import CheckpointMeta, Encoded, TaskInfo, TaskModel, encode_examples, save_checkpoint
+from mtgraft.training import (
+    BatchStream,
+    DistContext,
+    LoopResult,
+    accuracy,
+    default_out,
+    dist_context,
+    evaluate_probs,
+    make_optimizer,
+    predict_probs,
+    prepare_task_data,
+    progress_bar,
+    set_trainable,
+    train_loop,
+)
+from mtgraft.utils import atomic_dir, ensure_writable_dir, provenance, set_seed, write_json
+
+__all__ = ["MultitaskConfig", "MultitaskResult", "R0_NOTE", "sampling_weights", "train_multitask"]
+
+Sampling = Literal["proportional", "uniform", "temperature"]
+R0_NOTE = {
+    "head": "r0[i]: test accuracy of the initial model, i.e. the pretrained body with task i's untrained "
+            "(seeded random) head — the same head task i still has before its own stage, so FWT measures how "
+            "the earlier stages moved the body as seen through a random probe (close to chance; read FWT with care)",
+    "prompt": "r0[i]: zero-shot test accuracy of the pretrained masked LM with task i's template and label words",
+    "causal": "r0[i]: zero-shot test accuracy of the pretrained causal LM with task i's template and label words",
+}
+
+
+def _split_list(v: Any) -> Any:
+    if isinstance(v, str):
+        return [x.strip() for x in v.split(",") if x.strip()]
+    return v
+
+
+class MultitaskConfig(TrainConfig):
+    """Settings of ``mtgraft train-multitask``: those of ``mtgraft train`` plus tasks, mode and sampling."""
+
+    task: str | None = Field(None, description="not used here: give 'tasks'")
+    tasks: list[str] = Field(description="task names or task YAMLs; the training order in sequential mode")
+    mode: Literal["joint", "sequential"] = "joint"
+    sampling: Sampling = Field("proportional", description="joint mode: which task each batch comes from")
+    temperature: float = Field(2.0, gt=0, description="T of temperature sampling: p_i proportional to n_i^(1/T)")
+    graft: bool = Field(False, description="sequential mode: graft-based continual learning after training")
+    graft_sparsity: float = Field(1e-4, gt=0, le=1)
+    graft_method: str = "graft"
+    graft_recipe: Literal["fast", "paper"] = "fast"
+    graft_updates: int | None = Field(None, ge=0)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, v: Any) -> Any:
+        return _split_list(v)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_check(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError("give at least two tasks (comma-separated); use 'mtgraft train' for one")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a task is listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _no_task(self) -> MultitaskConfig:
+        if self.task is not None:
+            raise ValueError("'task' is not an option of multi-task runs; give 'tasks' (a list)")
+        if self.graft and self.mode != "sequential":
+            raise ValueError("graft-based continual learning needs mode 'sequential' (for a joint run use "
+                             "'mtgraft graft --all-tasks --finetuned DIR')")
+        return self
+
+
+def sampling_weights(sizes: list[int], sampling: str, temperature: float = 2.0) -> list[float]:
+    """Probability of drawing each task's batch: proportional to n_i, uniform, or to n_i^(1/T) (temperature)."""
+    if not sizes or any(n <= 0 for n in sizes):
+        raise MtgraftError(f"every task needs training examples, got sizes {sizes}")
+    n = np.asarray(sizes, dtype=np.float64)
+    if sampling == "proportional":
+        w = n
+    elif sampling == "uniform":
+        w = np.ones_like(n)
+    elif sampling == "temperature":
+        if temperature <= 0:
+            raise MtgraftError(f"temperature must be positive, got {temperature:g}")
+        w = n ** (1.0 / temperature)
+    else:
+        raise MtgraftError(f"unknown sampling '{sampling}' (use proportional, uniform or temperature)")
+    return (w / w.sum()).tolist()
+
+
+@dataclass
+class MultitaskResult:
+    """Outcome of ``mtgraft train-multitask`` (``to_json`` is the ``--json`` output)."""
+
+    tasks: list[str]
+    mode: str
+    checkpoint: str
+    test: dict[str, dict[str, Any]]
+    dev: dict[str, dict[str, Any]]
+    steps: int
+    train_seconds: float
+    examples_per_second: float
+    mlflow_run_id: str | None
+    config: dict[str, Any]
+    data: dict[str, Any]
+    best_step: int | None = None
+    sampling: dict[str, Any] | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    accuracy_matrix: list[list[float | None]] | None = None
+    r0: list[float] | None = None
+    continual: dict[str, Any] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    graft_cl: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "tasks": self.tasks, "mode": self.mode, "checkpoint": self.checkpoint, "test": self.test,
+            "dev": self.dev, "steps": self.steps, "train_seconds": round(self.train_seconds, 3),
+            "examples_per_second": round(self.examples_per_second, 2), "mlflow_run_id": self.mlflow_run_id,
+            "data": self.data, "config": self.config, "ece_bins": 10,
+        }
+        if self.mode == "joint":
+            out["best_step"] = self.best_step
+            out["sampling"] = self.sampling
+        else:
+            from mtgraft.evaluation.continual import FORGETTING_VARIANTS
+
+            out.update({
+                "accuracy_matrix": self.accuracy_matrix,
+                "accuracy_matrix_axes": {"rows": "stages (after training task t, in order)", "columns": self.tasks},
+                "r0": self.r0, "r0_note": R0_NOTE.get(self.config.get("type", "head")),
+                "continual": self.continual, "forgetting_variants": FORGETTING_VARIANTS,
+                "stages": self.stages, "files": self.files,
+            })
+            if self.graft_cl is not None:
+                out["graft_cl"] = self.graft_cl
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _task_source(ref: str) -> str:
+    """What resolves the task again later: a catalog name as given, a YAML as an absolute path."""
+    p = Path(ref)
+    return str(p.resolve()) if p.is_file() else ref
+
+
+def safe_key(name: str) -> str:
+    """A file- and metric-safe version of a task name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def eval_tasks(model: TaskModel, encs: dict[str, Encoded], device: Any, precision: str = "fp32",
+               full: bool = True) -> dict[str, dict[str, Any]]:
+    """Metrics of ``model`` on each task's examples, each with that task's head/label words."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, enc in encs.items():
+        probs = predict_probs(model, enc, 64, device, precision)
+        out[name] = evaluate_probs(probs, enc.labels) if full else {"accuracy": accuracy(probs, enc.labels)}
+    return out
+
+
+def subset_model(model: TaskModel, names: list[str]) -> TaskModel:
+    """A view of ``model`` with only the tasks ``names`` (shares the backbone and those heads)."""
+    infos = [model.tasks[n] for n in names]
+    heads = {n: model.heads[n] for n in names} if model.model_type == "head" else None
+    return TaskModel(model.backbone, model.model_type, infos, model.tokenizer, model.pretrained_name, heads=heads)
+
+
+@contextlib.contextmanager
+def _run_dir(out: str, enabled: bool) -> Iterator[Path | None]:
+    """The run folder, written to a temporary sibling and renamed at the end (None on non-main processes)."""
+    if not enabled:
+        yield None
+        return
+    with atomic_dir(out) as tmp:
+        yield tmp
+
+
+def _save_into(model: TaskModel, meta: CheckpointMeta, folder: Path) -> None:
+    """Write a checkpoint's files into an existing folder (next to stage folders and reports)."""
+    staged = folder / ".checkpoint"
+    save_checkpoint(model, meta, staged)
+    for f in staged.iterdir():
+        f.rename(folder / f.name)
+    shutil.rmtree(staged)
+
+
+def dir_bytes(path: str | Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> MultitaskResult:
+    """Fine-tune ``cfg.model`` on ``cfg.tasks`` jointly or in sequence; evaluate every task; save the run."""
+    from mtgraft.models import build_task_model
+    from mtgraft.tasks import get_task
+    from mtgraft.tracking import mlflow_run
+
+    specs = [get_task(t) for t in cfg.tasks]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise MtgraftError(f"two of the tasks have the same name: {names}")
+    sources = {n: _task_source(ref) for n, ref in zip(names, cfg.tasks, strict=True)}
+    out = cfg.out or default_out("multitask", f"{cfg.mode}-{len(names)}tasks")
+    parent = Path(out).parent if str(Path(out).parent) else Path(".")
+    ensure_writable_dir(parent)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise MtgraftError(f"--out '{out}' exists and is not a folder")
+    dist = dist_context(cfg.device)
+    device = dist.device(cfg.device)
+    show = show_progress and dist.is_main
+    splits = {n: prepare_task_data(s, cfg) for n, s in zip(names, specs, strict=True)}
+    set_seed(cfg.seed)
+    model = build_task_model(cfg.model, cfg.type, specs)
+    pre_hash = model.base_hash()
+    set_trainable(model, cfg.freeze_embeddings, cfg.freeze_head, cfg.bias_only)
+    model.to(device)
+    enc = {split: {n: encode_examples(model, n, getattr(splits[n], split), cfg.max_length) for n in names}
+           for split in ("train", "dev", "test")}
+    data = {"k": cfg.k, "seed": cfg.seed, "max_test": cfg.max_test, "max_length": cfg.max_length,
+            **{f"n_{split}": {n: len(e) for n, e in enc[split].items()} for split in enc}}
+    config = cfg.model_dump()
+    config["out"] = out
+    infos = [model.tasks[n] for n in names]
+    tags = {"mtgraft.command": "train-multitask", "mtgraft.mode": cfg.mode, "mtgraft.tasks": ",".join(names)}
+    common = {"model_type": cfg.type, "pretrained": {"name": cfg.model, "hash": pre_hash}, "data": data,
+              "train_config": config, "task_sources": sources}
+    with mlflow_run("multitask", f"{cfg.mode}-{'+'.join(names)}", cfg.tracking_uri, enabled=dist.is_main,
+                    tags=tags) as run:
+        run.log_params(config)
+        run.log_config(config)
+        run.set_tags({"mtgraft.checkpoint": str(Path(out).resolve())})
+        with _run_dir(out, dist.is_main) as tmp:
+            if cfg.mode == "joint":
+                result = _joint(cfg, model, enc, names, infos, common, device, dist, run, tmp, show)
+            else:
+                result = _sequential(cfg, model, enc, names, infos, common, device, dist, run, tmp, show, out)
+    dist.wait()
+    result.checkpoint, result.mlflow_run_id, result.config, result.data = out, run.run_id, config, data
+    if cfg.mode == "sequential":
+        result.files = {k: str(Path(out) / Path(v).name) for k, v in result.files.items()}
+        if cfg.graft and dist.is_main:
+            from mtgraft.training.continual import ContinualGraftConfig, continual_graft
+
+            gcfg = ContinualGraftConfig(run=out, sparsity=cfg.graft_sparsity, method=cfg.graft_method,
+                                        recipe=cfg.graft_recipe, updates=cfg.graft_updates, seed=cfg.seed,
+                                        device=cfg.device, tracking_uri=cfg.tracking_uri)
+            result.graft_cl = continual_graft(gcfg, show_progress=show).to_json()
+    return result
+
+
+def _loop(cfg: MultitaskConfig, model: TaskModel, stream: BatchStream, dev_encs: dict[str, Encoded], device: Any,
+          dist: DistContext, run: Any, show: bool, label: str, prefix: str) -> LoopResult:
+    """One training loop; the dev score is the mean dev accuracy over ``dev_encs``."""
+    opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.head_lr)
+
+    def dev_eval() -> dict[str, float]:
+        accs = {n: m["accuracy"] for n, m in eval_tasks(model, dev_encs, device, cfg.precision, full=False).items()}
+        return {"accuracy": float(np.mean(list(accs.values()))), **{f"{safe_key(n)}/accuracy": a
+                                                                   for n, a in accs.items()}}
+
+    with progress_bar(cfg.max_steps, label, show) as upd:
+        def on_eval(p: Any) -> None:
+            run.log_metrics(p.dev, step=p.step, prefix=prefix)
+
+        def prog(step: int, f: dict[str, Any]) -> None:
+            if step % 10 == 0 or step == cfg.max_steps:
+                upd(step, f"loss {f['loss']:.3f}  best dev acc {f['best_dev']:.3f}")
+
+        return train_loop(model, stream, dev_eval, optimizer=opt, max_steps=cfg.max_steps, eval_every=cfg.eval_every,
+                          grad_clip=cfg.grad_clip, device=device, precision=cfg.precision,
+                          l1_to_pretrained=cfg.l1_to_pretrained, progress=prog, on_eval=on_eval, dist=dist)
+
+
+def _joint(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str, Encoded]], names: list[str],
+           infos: list[TaskInfo], common: dict[str, Any], device: Any, dist: DistContext, run: Any,
+           tmp: Path | None, show: bool) -> MultitaskResult:
+    sizes = [len(enc["train"][n]) for n in names]
+    weights = sampling_weights(sizes, cfg.sampling, cfg.temperature)
+    sampling = {"rule": cfg.sampling, "temperature": cfg.temperature if cfg.sampling == "temperature" else None,
+                "weights": dict(zip(names, weights, strict=True))}
+    run.log_metrics({f"sampling/{safe_key(n)}": w for n, w in zip(names, weights, strict=True)})
+    stream = BatchStream([enc["train"][n] for n in names], cfg.batch_size, cfg.seed, weights)
+    res = _loop(cfg, model, stream, enc["dev"], device, dist, run, show, f"joint {'+'.join(names)}", "dev/")
+    test = eval_tasks(model, enc["test"], device, cfg.precision)
+    dev = eval_tasks(model, enc["dev"], device, cfg.precision)
+    for n in names:
+        run.log_metrics(test[n], prefix=f"test/{safe_key(n)}/")
+        run.log_metrics(dev[n], prefix=f"dev/final/{safe_key(n)}/")
+    run.log_metrics({"test/mean_accuracy": float(np.mean([test[n]["accuracy"] for n in names])),
+                     "best_step": res.best_step, "examples_per_second": res.examples_per_second,
+                     "train_seconds": res.train_seconds})
+    if tmp is not None:
+        meta = CheckpointMeta(tasks=infos, mode="joint", order=names, mlflow_run_id=run.run_id,
+                              metrics={"test": test, "dev": dev, "best_step": res.best_step, "sampling": sampling},
+                              provenance=provenance(), **common)
+        _save_into(model, meta, tmp)
+    return MultitaskResult(names, "joint", "", test, dev, res.steps, res.train_seconds, res.examples_per_second,
+                           None, {}, {}, best_step=res.best_step, sampling=sampling)
+
+
+def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str, Encoded]], names: list[str],
+                infos: list[TaskInfo], common: dict[str, Any], device: Any, dist: DistContext, run: Any,
+                tmp: Path | None, show: bool, out: str) -> MultitaskResult:
+    from mtgraft.evaluation.continual import continual_metrics, mlflow_metric_keys, save_accuracy_matrix
+
+    T = len(names)
+    r0 = [m["accuracy"] for m in eval_tasks(model, enc["test"], device, cfg.precision, full=False).values()]
+    R = np.full((T, T), math.nan)
+    stages: list[dict[str, Any]] = []
+    total_seconds, total_seen, test = 0.0, 0, {}
+    for t, name in enumerate(names):
+        stream = BatchStream([enc["train"][name]], cfg.batch_size, cfg.seed)
+        t0 = time.perf_counter()
+        res = _loop(cfg, model, stream, {name: enc["dev"][name]}, device, dist, run, show,
+                    f"stage {t + 1}/{T} {name}", f"stage_{t + 1}/dev/")
+        total_seconds += res.train_seconds
+        total_seen += res.examples_seen
+        test = eval_tasks(model, enc["test"], device, cfg.precision)
+        R[t] = [test[n]["accuracy"] for n in names]
+        run.log_metrics({f"acc/stage_{t + 1}/task_{safe_key(n)}": R[t, i] for i, n in enumerate(names)})
+        folder = f"stage_{t + 1}_{safe_key(name)}"
+        seen = names[: t + 1]
+        stage = {"stage": t + 1, "task": name, "checkpoint": str(Path(out) / folder), "best_step": res.best_step,
+                 "best_dev": res.best_dev, "steps": res.steps, "train_seconds": round(res.train_seconds, 3),
+                 "wall_seconds": round(time.perf_counter() - t0, 3)}
+        stages.append(stage)
+        if tmp is not None:
+            meta = CheckpointMeta(tasks=infos[: t + 1], mode="sequential", order=seen, mlflow_run_id=run.run_id,
+                                  metrics={"stage": t + 1, "test": {n: test[n] for n in seen},
+                                           "best_step": res.best_step, "accuracy_row": R[t].tolist()},
+                                  provenance=provenance(), **common)
+            save_checkpoint(subset_model(model, seen), meta, tmp / folder)
+    cont = continual_metrics(R, r0)
+    run.log_metrics(mlflow_metric_keys(R, names, r0))
+    dev = eval_tasks(model, enc["dev"], device, cfg.precision)
+    for n in names:
+        run.log_metrics(test[n], prefix=f"test/{safe_key(n)}/")
+    files: dict[str, str] = {}
+    matrix = [[None if not math.isfinite(v) else float(v) for v in row] for row in R]
+    if tmp is not None:
+        files = {k: str(v) for k, v in save_accuracy_matrix(R, names, tmp, r0).items()}
+        for f in files.values():
+            run.log_artifact(f, "continual")
+        rel_stages = [{**s, "checkpoint": Path(s["checkpoint"]).name} for s in stages]
+        meta = CheckpointMeta(tasks=infos, mode="sequential", order=names, mlflow_run_id=run.run_id,
+                              metrics={"test": test, "dev": dev, "accuracy_matrix": matrix, "r0": r0,
+                                       "continual": cont, "stages": rel_stages},
+                              provenance=provenance(), **common)
+        _save_into(model, meta, tmp)
+        write_json(tmp / "stages.json", {"order": names, "stages": rel_stages, "r0": r0,
+                                         "r0_note": R0_NOTE.get(cfg.type)})
+    eps = total_seen / total_seconds if total_seconds > 0 else float("nan")
+    return MultitaskResult(names, "sequential", "", test, dev, cfg.max_steps * T, total_seconds, eps, None, {}, {},
+                           stages=stages, accuracy_matrix=matrix, r0=r0, continual=cont, files=files)
+
+
+def stage_dirs(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """(task, stage checkpoint folder) of a sequential run, in training order."""
+    from mtgraft.models import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(run_dir)
+    if meta.mode != "sequential":
+        raise MtgraftError(f"'{run_dir}' is a {meta.mode} checkpoint, not a sequential multi-task run")
+    stages = meta.metrics.get("stages") or []
+    if len(stages) != len(meta.order or []):
+        raise MtgraftError(f"'{run_dir}' does not list its stages (written by an older mtgraft?)")
+    out = []
+    for s in stages:
+        p = Path(run_dir) / s["checkpoint"]
+        if not p.is_dir():
+            raise MtgraftError(f"stage checkpoint {p} of run '{run_dir}' is missing")
+        out.append((s["task"], p))
+    return out

@@ -1,0 +1,136 @@
+"""Training on tiny random models: the three prediction types, checkpoints, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mtgraft.config import TrainConfig
+from mtgraft.models import encode_examples, load_checkpoint
+from mtgraft.tasks import get_task, make_splits
+from mtgraft.testing import example_task_yaml, make_tiny_model
+from mtgraft.training import predict_probs, train
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(tmp_path / "mlruns"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    return {t: make_tiny_model(t, d / t, seed=3) for t in ("head", "prompt", "causal")}
+
+
+@pytest.mark.parametrize("model_type", ["head", "prompt", "causal"])
+def test_train_each_type_and_reload(tiny_models, tmp_path, model_type):
+    cfg = TrainConfig(task=example_task_yaml(), model=tiny_models[model_type], type=model_type, k=2,
+                      max_steps=6, eval_every=3, batch_size=2, lr=0.05, max_length=32, out=str(tmp_path / "ck"))
+    r = train(cfg, show_progress=False)
+    assert Path(r.checkpoint, "mtgraft.json").is_file()
+    assert {"accuracy", "macro_f1", "ece", "brier"} <= set(r.test)
+    model, meta = load_checkpoint(r.checkpoint)
+    assert meta.model_type == model_type and meta.tasks[0].name == "example_local"
+    assert meta.pretrained["hash"].startswith("sha256:")
+    # the reloaded checkpoint reproduces the reported test accuracy
+    spec = get_task(example_task_yaml())
+    test = make_splits(spec, 2, 13, cfg.max_test).test
+    probs = predict_probs(model, encode_examples(model, spec.name, test, 32))
+    acc = float((probs.argmax(1) == np.array([e.label for e in test])).mean())
+    assert acc == pytest.approx(r.test["accuracy"])
+    # the run is in MLflow with its test metrics
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(r.mlflow_run_id)
+    assert run.data.metrics["test/accuracy"] == pytest.approx(r.test["accuracy"])
+
+
+def test_training_moves_only_trainable_parts(tiny_models, tmp_path):
+    cfg = TrainConfig(task=example_task_yaml(), model=tiny_models["head"], k=2, max_steps=4, eval_every=2,
+                      batch_size=2, lr=0.5, max_length=32, out=str(tmp_path / "ck"), bias_only=True)
+    r = train(cfg, show_progress=False)
+    ft, _ = load_checkpoint(r.checkpoint)
+    from mtgraft.models import build_task_model
+
+    pre = build_task_model(tiny_models["head"], "head", [get_task(example_task_yaml())])
+    pp = dict(pre.named_parameters())
+    moved = {n for n, p in ft.named_parameters()
+             if n.startswith("backbone.") and not p.detach().equal(pp[n].detach())}
+    assert moved, "nothing moved"
+    assert all(n.endswith(".bias") for n in moved), moved  # BitFit: embeddings frozen, only biases move
+
+
+def _cli(args, tmp_path):
+    from cli import app as appmod
+
+    appmod._register()
+    return CliRunner().invoke(appmod.app, args, catch_exceptions=False)
+
+
+def test_cli_train_json(tiny_models, tmp_path):
+    res = _cli(["train", "--task", example_task_yaml(), "--model", tiny_models["head"], "--k", "2", "--max-steps",
+                "2", "--eval-every", "1", "--batch-size", "2", "--max-length", "32", "--out", str(tmp_path / "c"),
+                "--json"], tmp_path)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["checkpoint"] == str(tmp_path / "c") and "accuracy" in out["test"]
+
+
+def test_cli_config_yaml_and_override(tiny_models, tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text(f"task: {example_task_yaml()}\nmodel: {tiny_models['head']}\nk: 2\nmax_steps: 2\neval_every: 1\n"
+                 f"batch_size: 2\nmax_length: 32\nout: {tmp_path / 'from_yaml'}\n")
+    res = _cli(["train", "--config", str(y), "--max-steps", "1", "--json"], tmp_path)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["steps"] == 1 and out["config"]["k"] == 2 and out["checkpoint"] == str(tmp_path / "from_yaml")
+    saved = json.loads((tmp_path / "from_yaml" / "mtgraft.json").read_text())
+    assert saved["train_config"]["max_steps"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "no_such_task"], "unknown task"),
+        (["--k", "500"], "k"),
+        (["--type", "prompt", "--model", "minilm"], "masked LM"),
+        (["--lr", "-1"], "lr"),
+        (["--device", "tpu"], "device"),
+    ],
+)
+def test_cli_bad_input_one_line(tiny_models, tmp_path, args, message):
+    base = ["train", "--task", example_task_yaml(), "--model", tiny_models["head"], "--max-steps", "1", "--k", "2",
+            "--out", str(tmp_path / "never")]
+    # later options win in click for repeated options
+    res = _cli(base + args, tmp_path)
+    assert res.exit_code != 0
+    err = res.stderr if hasattr(res, "stderr") else res.output
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert message.lower() in lines[0].lower()
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_cli_unwritable_out(tiny_models, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.access(ro, os.W_OK):  # root ignores permissions: use a path below a file instead
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        target = blocker / "out"
+    else:
+        target = ro / "out"
+    res = _cli(["train", "--task", example_task_yaml(), "--model", tiny_models["head"], "--max-steps", "1",
+                "--out", str(target)], tmp_path)
+    assert res.exit_code != 0
+    assert "error:" in res.output and "Traceback" not in res.output
