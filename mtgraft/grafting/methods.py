@@ -149,7 +149,6 @@ def learn_graft(ctx: SelectContext) -> Selection:
     base_c = torch.zeros(cand.numel(), device=dev)
     base_c[torch.isin(cand, base_idx.to(dev))] = 1.0
     delta_c = space.delta[cand]
-    pre = space.pre
     gen = torch.Generator().manual_seed(ctx.seed)
     S = torch.rand(cand.numel(), generator=gen).to(dev)
     # a fixed subset of at most n_ex training examples, in mini-batches of bs
