@@ -13,11 +13,10 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -825,9 +824,8 @@ class _Doc:
 # -------------------------------------------------------------------------------------------- main
 
 
-def build_report(
+def analyse(
     patches: Sequence[Any],
-    out_dir: str | os.PathLike,
     *,
     with_transfer: bool = False,
     unions: Sequence[Sequence[str]] = (),
@@ -835,21 +833,18 @@ def build_report(
     max_p: float = 0.05,
     max_test: int | None = 500,
     device: str = "auto",
-    title: str | None = None,
     duplicates: Duplicates = "error",
-    track: bool = True,
-    tracking_uri: str | None = None,
-    show_progress: bool = False,
     sources: Sequence[str] | None = None,
-) -> ReportResult:
-    """Write the overlap report for ``patches`` (SkillPatch objects or files of one base) into ``out_dir``.
+    show_progress: bool = False,
+    test_examples: Mapping[str, list[Any]] | None = None,
+) -> dict[str, Any]:
+    """Every number of the report, without writing anything (``build_report`` = this + files + MLflow).
 
-    ``with_transfer`` evaluates each graft on every task with the same labels (at most ``max_test`` test
-    examples per task) and the ``unions`` (groups of task names); ``min_enrichment``/``max_p`` set the
-    graph's edges; ``duplicates`` says what to do with two patches of one task (see ``load_inputs``).
-    The folder is written atomically, then logged as the artifacts of an MLflow run (unless ``track`` is off).
+    Keys: labels, patches, sources, nodes, P, segments, matrices (``overlap_matrices``), pairs
+    (``pair_records``), breakdown_layer / breakdown_module (per-group counts and stats), pooled_layer /
+    pooled_module, profiles, graph (networkx), graph_info, transfer, correlation (enrichment vs Rel),
+    correlation_containment, summary.
     """
-    t0 = time.perf_counter()
     if min_enrichment <= 0:
         raise MtgraftError(f"--min-enrichment must be positive, got {min_enrichment:g}")
     if unions and not with_transfer:
@@ -881,11 +876,11 @@ def build_report(
                       "domain": _domain(h.tasks[0]) if len(h.tasks) == 1 else None,
                       "finetuned_mode": (h.finetuned or {}).get("mode"), "model_type": h.model_type}
 
-    from mtgraft.analysis.graph import annotate_communities, communities, draw_graph, task_graph
+    from mtgraft.analysis.graph import annotate_communities, communities, task_graph
 
-    G = task_graph(mat, {k: {kk: vv for kk, vv in v.items() if kk in ("region_size", "sparsity", "accuracy", "rel",
-                                                                          "method", "domain")}
-                         for k, v in nodes.items()}, min_enrichment, max_p)
+    keep = ("region_size", "sparsity", "accuracy", "rel", "method", "domain")
+    G = task_graph(mat, {k: {kk: vv for kk, vv in v.items() if kk in keep} for k, v in nodes.items()},
+                   min_enrichment, max_p)
     comms = communities(G)
     annotate_communities(G, comms)
     graph_info = {"nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "min_enrichment": min_enrichment,
@@ -900,29 +895,65 @@ def build_report(
         n_est = len(labels) * (len(labels) + 2) + sum(len(u) for u in unions)
         with progress_bar(n_est, "transfer", show_progress) as upd:
             transfer = transfer_analysis(plist, labels, [list(u) for u in unions], max_test, device,
-                                         progress=lambda s, n, what: upd(s, what))
+                                         progress=lambda s, n, what: upd(s, what), test_examples=test_examples)
         correlation = overlap_transfer_correlation(mat["enrichment"], labels, transfer, "enrichment")
         correlation_c = overlap_transfer_correlation(mat["containment"], labels, transfer,
                                                      "containment |g_i∩g_j|/|g_j|")
-
     summary = summarise(mat, pairs, pooled_module, comms, graph_info, nodes, transfer, correlation, min_enrichment)
+    return {"labels": labels, "patches": plist, "sources": srcs, "nodes": nodes, "P": P, "segments": seg,
+            "header": h0, "matrices": mat, "pairs": pairs, "breakdown_layer": bd_layer, "breakdown_module": bd_module,
+            "pooled_layer": pooled_layer, "pooled_module": pooled_module, "profiles": profiles, "graph": G,
+            "graph_info": graph_info, "transfer": transfer, "correlation": correlation,
+            "correlation_containment": correlation_c, "summary": summary}
+
+
+def build_report(
+    patches: Sequence[Any],
+    out_dir: str | os.PathLike,
+    *,
+    with_transfer: bool = False,
+    unions: Sequence[Sequence[str]] = (),
+    min_enrichment: float = 2.0,
+    max_p: float = 0.05,
+    max_test: int | None = 500,
+    device: str = "auto",
+    title: str | None = None,
+    duplicates: Duplicates = "error",
+    track: bool = True,
+    tracking_uri: str | None = None,
+    show_progress: bool = False,
+    sources: Sequence[str] | None = None,
+    test_examples: Mapping[str, list[Any]] | None = None,
+) -> ReportResult:
+    """Write the overlap report for ``patches`` (SkillPatch objects or files of one base) into ``out_dir``.
+
+    ``with_transfer`` evaluates each graft on every task with the same labels (at most ``max_test`` test
+    examples per task) and the ``unions`` (groups of task names); ``min_enrichment``/``max_p`` set the
+    graph's edges; ``duplicates`` says what to do with two patches of one task (see ``load_inputs``).
+    The folder is written atomically, then logged as the artifacts of an MLflow run (unless ``track`` is off).
+    """
+    t0 = time.perf_counter()
+    a = analyse(patches, with_transfer=with_transfer, unions=unions, min_enrichment=min_enrichment, max_p=max_p,
+                max_test=max_test, device=device, duplicates=duplicates, sources=sources,
+                show_progress=show_progress, test_examples=test_examples)
+    labels, mat, pairs, h0 = a["labels"], a["matrices"], a["pairs"], a["header"]
+    transfer, correlation, correlation_c = a["transfer"], a["correlation"], a["correlation_containment"]
+    graph_info, summary = a["graph_info"], a["summary"]
+    P = a["P"]
     title = title or f"Overlap of task regions: {', '.join(labels)}"
     final = Path(out_dir)
     with atomic_dir(final) as tmp:
-        paths = _write_all(tmp, title, labels, srcs, nodes, mat, pairs, bd_layer, bd_module, pooled_layer,
-                           pooled_module, profiles, G, graph_info, transfer, correlation, correlation_c, summary,
-                           h0, min_enrichment, max_p, max_test)
+        paths = _write_all(tmp, title, a, min_enrichment, max_p, max_test)
     paths = {k: final / v.relative_to(tmp) for k, v in paths.items()}
     summary_out = {
         "title": title, "tasks": labels, "P": P, "base_model": h0.base_model, "base_hash": h0.base_hash,
         "sizes": {lab: int(s) for lab, s in zip(labels, mat["sizes"], strict=True)},
         "pairs": to_jsonable(pairs), "graph": graph_info, "summary": summary,
-        "transfer": None if transfer is None else {
+        "transfer": None if transfer is None else to_jsonable({
             "rel": transfer["rel"], "grafts": transfer["grafts"], "eval_tasks": transfer["eval_tasks"],
             "unions": [{k: u[k] for k in ("name", "region_size", "mean_rel", "results")} for u in transfer["unions"]],
             "spearman_enrichment": {k: v for k, v in (correlation or {}).items() if k != "points"},
-            "spearman_containment": {k: v for k, v in (correlation_c or {}).items() if k != "points"}},
-        "seconds": round(time.perf_counter() - t0, 2),
+            "spearman_containment": {k: v for k, v in (correlation_c or {}).items() if k != "points"}}),
     }
     run_id = None
     if track:
@@ -934,27 +965,34 @@ def build_report(
                             "base_hash": h0.base_hash, "min_enrichment": min_enrichment, "max_p": max_p,
                             "with_transfer": with_transfer, "max_test": max_test,
                             "unions": ";".join(",".join(u) for u in unions), "duplicates": duplicates})
-            met: dict[str, Any] = {"graph_edges": graph_info["edges"], "n_communities": len(comms)}
+            met: dict[str, Any] = {"graph_edges": graph_info["edges"], "n_communities": len(graph_info["communities"])}
             for r in pairs:
                 key = f"{r['a']}__{r['b']}"
                 met[f"enrichment/{key}"] = r["enrichment"]
                 met[f"jaccard/{key}"] = r["jaccard"]
             if correlation and correlation.get("rho") is not None:
                 met["spearman_rho_enrichment_rel"] = correlation["rho"]
-            run.log_metrics({k.replace("+", "_"): v for k, v in met.items() if v is not None})
+            run.log_metrics({_metric_key(k): v for k, v in met.items() if v is not None})
             run.log_artifact(final, "overlap_report")
             run_id = run.run_id
     summary_out["seconds"] = round(time.perf_counter() - t0, 2)
     return ReportResult(final, summary_out, paths, run_id)
 
 
-def _write_all(d: Path, title: str, labels: list[str], srcs: list[str], nodes: dict[str, dict[str, Any]],
-               mat: dict[str, Any], pairs: list[dict[str, Any]], bd_layer: dict[str, Any], bd_module: dict[str, Any],
-               pooled_layer: list[dict[str, Any]], pooled_module: list[dict[str, Any]],
-               profiles: dict[str, dict[str, Any]], G: Any, graph_info: dict[str, Any],
-               transfer: dict[str, Any] | None, correlation: dict[str, Any] | None,
-               correlation_c: dict[str, Any] | None, summary: dict[str, Any], h0: Any, min_enrichment: float,
-               max_p: float, max_test: int | None) -> dict[str, Path]:
+def _metric_key(k: str) -> str:
+    """An MLflow-safe metric key (letters, digits, _ - . / and spaces only)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", k)
+
+
+def _write_all(d: Path, title: str, a: dict[str, Any], min_enrichment: float, max_p: float,
+               max_test: int | None) -> dict[str, Path]:
+    labels, nodes, mat, pairs = a["labels"], a["nodes"], a["matrices"], a["pairs"]
+    bd_layer, bd_module, pooled_layer, pooled_module = (a["breakdown_layer"], a["breakdown_module"],
+                                                        a["pooled_layer"], a["pooled_module"])
+    profiles, G, graph_info, summary, h0 = a["profiles"], a["graph"], a["graph_info"], a["summary"], a["header"]
+    transfer, correlation, correlation_c = a["transfer"], a["correlation"], a["correlation_containment"]
     from mtgraft.analysis.graph import draw_graph, node_link, write_graphml, write_node_link
 
     paths: dict[str, Path] = {}
@@ -1105,10 +1143,3 @@ def _write_all(d: Path, title: str, labels: list[str], srcs: list[str], nodes: d
     paths["html"] = d / "report.html"
     paths["markdown"] = d / "report.md"
     return paths
-
-
-def render_png_bytes(fig: Any) -> bytes:
-    """PNG bytes of a matplotlib figure (helper for callers that embed figures elsewhere)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()

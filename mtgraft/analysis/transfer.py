@@ -117,6 +117,7 @@ def transfer_analysis(
     max_test: int | None = DEFAULT_MAX_TEST,
     device: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
+    test_examples: Mapping[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Rel of every graft on every task with the same label space (its own included) and of union grafts.
 
@@ -124,7 +125,8 @@ def transfer_analysis(
     groups of labels whose regions are stitched (overlaps averaged) and evaluated on each member's task.
     Returns ``eval_tasks``, ``reference`` (P_0, P_1, n and where they come from, per task),
     ``results`` (one record per graft × compatible task), ``rel``/``accuracy`` matrices
-    [grafts × eval_tasks] (None = incompatible labels) and ``unions``.
+    [grafts × eval_tasks] (None = incompatible labels) and ``unions``. ``test_examples`` replaces the
+    test split of the tasks it names (``Example`` lists, capped at ``max_test``), e.g. for tasks not in the catalog.
     """
     from mtgraft.evaluation.metrics import relative_gain
     from mtgraft.models import load_checkpoint
@@ -169,7 +171,10 @@ def transfer_analysis(
     for t in eval_tasks:
         p = source[t]
         data = dict(p.header.data or {})
-        exs, cap = _test_split(t, data, max_test)
+        if test_examples is not None and t in test_examples:
+            exs, cap = list(test_examples[t])[: max_test or None], max_test
+        else:
+            exs, cap = _test_split(t, data, max_test)
         tests[t] = ev.encode(t, exs, int(data.get("max_length", 128)))
         test_m = (p.header.metrics or {}).get("test", {})
         ref = (p.header.metrics or {}).get("reference", {})

@@ -222,6 +222,9 @@ class MaskRegistry:
         if _is_connection_error(e):
             return MtgraftError(f"cannot reach the MLflow tracking server at {self.tracking_uri}: "
                                 f"{_first_line(e)[:200]}")
+        if "error code 404 != 200" in str(e) or "error code 405 != 200" in str(e):
+            return MtgraftError(f"{self.tracking_uri} does not answer MLflow API requests (HTTP 404/405): "
+                                "is it an MLflow tracking server, and the right URL?")
         return MtgraftError(f"{what} failed at {self.tracking_uri}: {_first_line(e)[:300]}")
 
     @staticmethod
@@ -365,14 +368,22 @@ class MaskRegistry:
     def _log_patch(self, run_id: str, path: Path, sha: str, fresh: bool) -> str:
         """Log the patch file under ``skillpatch/`` of the run; returns its artifact path."""
         sub = ARTIFACT_DIR
-        if not fresh:  # a graft run may hold several patches: never overwrite one with other content
+        if not fresh:  # the run may hold this file already (the graft run logs it), or another one of that name
             existing = {a.path for a in self._call(self.client.list_artifacts, run_id, ARTIFACT_DIR,
                                                    what="listing run artifacts")}
             if f"{ARTIFACT_DIR}/{path.name}" in existing:
-                sub = f"{ARTIFACT_DIR}/{sha[:12]}"
+                if self._artifact_sha(run_id, f"{ARTIFACT_DIR}/{path.name}") == sha:
+                    return f"{ARTIFACT_DIR}/{path.name}"  # the same file: no second upload
+                sub = f"{ARTIFACT_DIR}/{sha[:12]}"  # never overwrite a different patch
         with _quiet_env():
             self._call(self.client.log_artifact, run_id, str(path), sub, what="uploading the patch file")
         return f"{sub}/{path.name}"
+
+    def _artifact_sha(self, run_id: str, artifact: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="mtgraft-sha-") as tmp, _quiet_env():
+            local = self._call(self.client.download_artifacts, run_id, artifact, tmp,
+                               what=f"reading {artifact} of run {run_id}")
+            return sha256_file(local)
 
     def _update_best(self, name: str) -> None:
         """Point ``best`` at the highest-Rel version (ties: the older one) if it beats the current best."""

@@ -89,6 +89,14 @@ def test_register_into_existing_run_keeps_both_files(mlflow_local_uri, make_skil
     for m, src in ((ma, a), (mb, b)):
         out = reg.pull(m.ref, tmp_path / f"pulled-{m.version}.safetensors")
         assert Path(out["path"]).read_bytes() == src.read_bytes()
+    # the graft run logs its patch itself, then registers it: the same file is not uploaded twice
+    c = make_skillpatch("graft.safetensors", seed=3)
+    reg.client.log_artifact(run.info.run_id, str(c), "skillpatch")
+    mc = reg.register_patch(c, run_id=run.info.run_id)
+    assert mc.tags["mtgraft.patch_file"] == "skillpatch/graft.safetensors"
+    listed = [a.path for a in reg.client.list_artifacts(run.info.run_id, "skillpatch")]
+    assert set(listed) == {"skillpatch/graft.safetensors", "skillpatch/same.safetensors",
+                           f"skillpatch/{sha256_file(b)[:12]}"}
     with pytest.raises(MtgraftError, match="run"):
         reg.register_patch(a, run_id="0" * 32)
 

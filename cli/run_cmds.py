@@ -1,0 +1,44 @@
+"""``mtgraft run STUDY.yaml``: a whole study (train → graft → register → report) from one file."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cli.app import app
+from cli.common import console, handle_errors, print_json
+
+
+@app.command("run")
+@handle_errors
+def run_cmd(
+    study: str = typer.Argument(..., help="Study YAML (see experiments/)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default: the study's 'out' or runs/<name>)."),
+    restart: bool = typer.Option(False, "--restart", help="Ignore finished stages and run everything again."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a study key: --set model=DIR, "
+                                             "--set train.max_steps=50 (YAML values; repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the study summary as one JSON object."),
+) -> None:
+    """Run a study: every stage is an MLflow run; finished stages are skipped when rerun (resumable)."""
+    from mtgraft.study import Study, load_study
+
+    from mtgraft.study import parse_overrides
+
+    over = parse_overrides(set_ or [])
+    if tracking_uri:
+        over["tracking_uri"] = tracking_uri
+    cfg = load_study(study, over)
+    st = Study(cfg, out=out, restart=restart, show_progress=not json_out, log=console.print)
+    console.print(f"[bold]study {cfg.name}[/] ({cfg.kind}: {', '.join(cfg.tasks)}) → {st.out}")
+    summary = st.run()
+    if json_out:
+        print_json(summary)
+        return
+    console.print(f"summary: [bold]{st.out / 'summary.md'}[/]")
+    rep = summary.get("report")
+    if rep:
+        files = rep.get("files", {})
+        console.print(f"overlap report: [bold]{files.get('html', rep.get('out'))}[/]  (Markdown twin: "
+                      f"{files.get('md', '')})")

@@ -1,0 +1,275 @@
+"""Multi-task fine-tuning on tiny random models and two local tasks: joint and sequential runs, their
+checkpoints, the accuracy matrix, graft-based continual learning, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import cli.multitask_cmds  # noqa: F401  (registers the commands)
+from cli.app import app
+from mtgraft.config import build_config
+from mtgraft.errors import MtgraftError
+from mtgraft.evaluation.continual import continual_metrics
+from mtgraft.grafting import GraftConfig, run_graft
+from mtgraft.models import encode_examples, load_checkpoint, read_checkpoint_meta
+from mtgraft.tasks import get_task, make_splits
+from mtgraft.testing import example_task_yaml, make_tiny_model
+from mtgraft.training import predict_probs
+from mtgraft.training.continual import ContinualGraftConfig, approach_metrics, continual_graft
+from mtgraft.training.multitask import MultitaskConfig, sampling_weights, train_multitask
+
+TOPIC_ROWS = [
+    ("The striker scored twice in the second half.", "sport"),
+    ("Our goalkeeper saved a penalty in the final minute.", "sport"),
+    ("The marathon runners crossed the bridge at dawn.", "sport"),
+    ("She won the tennis match in three sets.", "sport"),
+    ("The team trained hard before the championship game.", "sport"),
+    ("A late goal gave the visitors the cup.", "sport"),
+    ("Simmer the onions slowly until they turn golden.", "food"),
+    ("Add a pinch of salt to the boiling pasta water.", "food"),
+    ("The bread dough must rise for two hours.", "food"),
+    ("Roast the peppers and peel off the skins.", "food"),
+    ("Whisk the eggs with sugar until pale and fluffy.", "food"),
+    ("Serve the soup with fresh herbs and cream.", "food"),
+]
+
+
+def write_topic_task(folder: Path) -> str:
+    """A second tiny local task (sport vs food sentences written for this test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["text,topic"] + [f'"{t}",{y}' for t, y in TOPIC_ROWS]
+    (folder / "topic.csv").write_text("\n".join(lines) + "\n")
+    (folder / "topic.yaml").write_text(
+        "name: tiny_topic\ntrain: topic.csv\ntext_column: text\nlabel_column: topic\nlabels: [food, sport]\n"
+        "label_words: [food, sport]\ntemplate: \"{x} This is about {mask} .\"\ndomain: topic\n")
+    return str(folder / "topic.yaml")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, mlflow_db_template):
+    d = tmp_path_factory.mktemp("mt")
+    db = d / "mlflow.db"
+    shutil.copy(mlflow_db_template, db)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        mp.chdir(d)
+        yield {"dir": d, "head": make_tiny_model("head", d / "head", seed=3),
+               "tasks": [example_task_yaml(), write_topic_task(d / "topic")]}
+
+
+def _cfg(env, mode: str, out: str, **kw) -> MultitaskConfig:
+    base = {"tasks": env["tasks"], "mode": mode, "model": env["head"], "k": 2, "max_test": None, "max_length": 32,
+            "batch_size": 4, "max_steps": 4, "eval_every": 2, "lr": 0.05, "out": out}
+    base.update(kw)
+    return MultitaskConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def joint(env):
+    runner = CliRunner()
+    out = env["dir"] / "joint"
+    args = ["train-multitask", "--tasks", ",".join(env["tasks"]), "--mode", "joint", "--model", env["head"],
+            "--k", "2", "--max-test", "all", "--max-length", "32", "--batch-size", "4", "--max-steps", "4",
+            "--eval-every", "2", "--lr", "0.05", "--sampling", "uniform", "--out", str(out), "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def sequential(env):
+    return train_multitask(_cfg(env, "sequential", str(env["dir"] / "seq")), show_progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def test_sampling_weights_by_hand():
+    assert sampling_weights([10, 30], "proportional") == pytest.approx([0.25, 0.75])
+    assert sampling_weights([10, 30, 60], "uniform") == pytest.approx([1 / 3] * 3)
+    w = sampling_weights([16, 64], "temperature", 2.0)  # sqrt: 4 and 8
+    assert w == pytest.approx([1 / 3, 2 / 3])
+    assert sampling_weights([16, 64], "temperature", 1.0) == pytest.approx(sampling_weights([16, 64], "proportional"))
+    with pytest.raises(MtgraftError):
+        sampling_weights([0, 5], "uniform")
+    with pytest.raises(MtgraftError):
+        sampling_weights([5, 5], "bogus")
+
+
+def test_config_parsing_and_errors(tmp_path):
+    c = MultitaskConfig(tasks="a, b,c", mode="sequential")
+    assert c.tasks == ["a", "b", "c"] and c.mode == "sequential" and c.lr == MultitaskConfig(tasks="a,b").lr
+    for bad in ({"tasks": "a"}, {"tasks": "a,a"}, {"tasks": "a,b", "task": "a"}, {"tasks": "a,b", "mode": "mixed"},
+                {"tasks": "a,b", "sampling": "random"}, {"tasks": "a,b", "graft": True}):
+        with pytest.raises(MtgraftError):
+            build_config(MultitaskConfig, None, bad)
+    y = tmp_path / "mt.yaml"
+    y.write_text("tasks: [x, y]\nmode: sequential\nmax-steps: 7\n")
+    c = build_config(MultitaskConfig, y, {"max_steps": 9})
+    assert c.tasks == ["x", "y"] and c.max_steps == 9
+
+
+def test_approach_metrics_replace_the_last_row():
+    R = [[0.9, 0.5, 0.4], [0.7, 0.8, 0.5], [0.6, 0.7, 0.95]]
+    m = approach_metrics(R, [0.9, 0.8, 0.95])  # grafts keep what each stage reached
+    assert m["forgetting_final"] == pytest.approx(0.0) and m["bwt"] == pytest.approx(0.0)
+    assert m["acc"] == pytest.approx((0.9 + 0.8 + 0.95) / 3)
+    seq = approach_metrics(R, [0.6, 0.7, 0.95])
+    assert seq == {k: v for k, v in continual_metrics(R).items() if k != "fwt"}
+    assert seq["forgetting_final"] == pytest.approx(((0.9 - 0.6) + (0.8 - 0.7)) / 2)
+
+
+# ---------------------------------------------------------------------------------------------- joint
+
+
+def test_joint_json_and_checkpoint(env, joint):
+    names = ["example_local", "tiny_topic"]
+    assert joint["mode"] == "joint" and joint["tasks"] == names
+    assert set(joint["test"]) == set(names)
+    for n in names:
+        assert {"accuracy", "macro_f1", "ece", "brier"} <= set(joint["test"][n])
+    assert joint["sampling"]["weights"] == pytest.approx({n: 0.5 for n in names})
+    meta = read_checkpoint_meta(joint["checkpoint"])
+    assert meta.mode == "joint" and meta.order == names and [t.name for t in meta.tasks] == names
+    assert meta.model_extra["task_sources"]["tiny_topic"] == str(Path(env["tasks"][1]).resolve())
+    heads = load_file(str(Path(joint["checkpoint"]) / "task_heads.safetensors"))
+    assert {"example_local.weight", "tiny_topic.weight"} <= set(heads)
+    # one shared body: the reloaded checkpoint reproduces each task's reported accuracy with its own head
+    model, _ = load_checkpoint(joint["checkpoint"])
+    for ref, n in zip(env["tasks"], names, strict=True):
+        test = make_splits(get_task(ref), 2, 13, None).test
+        probs = predict_probs(model, encode_examples(model, n, test, 32))
+        acc = float((probs.argmax(1) == np.array([e.label for e in test])).mean())
+        assert acc == pytest.approx(joint["test"][n]["accuracy"])
+
+
+def test_graft_one_task_of_a_joint_checkpoint(env, joint):
+    cfg = GraftConfig(task=env["tasks"][1], finetuned=joint["checkpoint"], sparsity=[0.01], method=["graft"],
+                      updates=2, out=str(env["dir"] / "g-joint"), track=False, do_register=False)
+    res = run_graft(cfg, show_progress=False)
+    assert len(res) == 1 and res[0].task == "tiny_topic"
+    assert Path(res[0].results[0]["patch"]).is_file()
+
+
+def test_prompt_type_shares_the_lm_head(env, tmp_path):
+    prompt = make_tiny_model("prompt", tmp_path / "prompt", seed=4)
+    r = train_multitask(_cfg(env, "joint", str(tmp_path / "p"), model=prompt, type="prompt", max_steps=2,
+                             sampling="temperature", temperature=3.0), show_progress=False)
+    assert not (Path(r.checkpoint) / "task_heads.safetensors").exists()
+    model, meta = load_checkpoint(r.checkpoint)
+    assert meta.model_type == "prompt" and not list(model.heads)
+    # each task reads out its own label words through the one LM head
+    assert model.tasks["tiny_topic"].label_words == ["food", "sport"]
+    assert r.sampling["rule"] == "temperature"
+
+
+# ---------------------------------------------------------------------------------------------- sequential
+
+
+def test_sequential_accuracy_matrix_and_stages(env, sequential):
+    r = sequential
+    names = ["example_local", "tiny_topic"]
+    R = np.array(r.accuracy_matrix, dtype=float)
+    assert R.shape == (2, 2) and np.isfinite(R).all()
+    # the last row is the final model's test accuracy
+    assert R[-1] == pytest.approx([r.test[n]["accuracy"] for n in names])
+    assert r.continual == continual_metrics(R, r.r0)
+    js = r.to_json()
+    assert {"accuracy_matrix", "continual", "test", "tasks", "mode", "checkpoint"} <= set(js)
+    assert {"acc", "bwt", "fwt", "forgetting_final", "forgetting_max"} <= set(js["continual"])
+    for ext in ("csv", "json", "png"):
+        assert Path(r.checkpoint, f"accuracy_matrix.{ext}").stat().st_size > 0
+    saved = json.loads(Path(r.checkpoint, "accuracy_matrix.json").read_text())
+    assert saved["matrix"] == pytest.approx(r.accuracy_matrix)
+    meta = read_checkpoint_meta(r.checkpoint)
+    assert meta.mode == "sequential" and meta.order == names
+    s1, s2 = (Path(s["checkpoint"]) for s in r.stages)
+    m1, m2 = read_checkpoint_meta(s1), read_checkpoint_meta(s2)
+    assert m1.order == names[:1] and [t.name for t in m1.tasks] == names[:1] and m2.order == names
+    assert m1.metrics["accuracy_row"] == pytest.approx(R[0].tolist())
+    # stage 2 trains only the shared body and its own head: task 1's head is untouched
+    h1, h2 = load_file(str(s1 / "task_heads.safetensors")), load_file(str(s2 / "task_heads.safetensors"))
+    assert set(h1) == {"example_local.weight", "example_local.bias"}
+    assert torch.equal(h1["example_local.weight"], h2["example_local.weight"])
+    b1, b2 = load_checkpoint(s1)[0], load_checkpoint(s2)[0]
+    p1, p2 = dict(b1.named_parameters()), dict(b2.named_parameters())
+    assert any(not torch.equal(p1[n], p2[n]) for n in b1.graftable_names())
+    # the run is in MLflow under hierarchical keys
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(r.mlflow_run_id)
+    assert run.data.metrics["acc/stage_2/task_tiny_topic"] == pytest.approx(R[1, 1])
+    assert run.data.metrics["continual/acc"] == pytest.approx(r.continual["acc"])
+
+
+def test_continual_graft_on_a_sequential_run(env, sequential):
+    cfg = ContinualGraftConfig(run=sequential.checkpoint, sparsity=0.01, updates=2, track=False)
+    res = continual_graft(cfg, show_progress=False)
+    names = ["example_local", "tiny_topic"]
+    assert res.tasks == names
+    for n in names:
+        row = res.per_task[n]
+        # applying the patch to the pretrained model reproduces what the graft run measured
+        assert row["own_graft"] == pytest.approx(row["own_graft_run_graft"])
+        assert row["sequential"] == pytest.approx(sequential.test[n]["accuracy"])
+        assert row["just_trained"] == pytest.approx(sequential.accuracy_matrix[row["stage"] - 1][row["stage"] - 1])
+    # each graft comes from the checkpoint of the stage that trained its task
+    from mtgraft.patches import SkillPatch
+
+    p1 = SkillPatch.load(res.patches["example_local"])
+    assert p1.header.finetuned["path"] == str(Path(sequential.stages[0]["checkpoint"]).resolve())
+    assert res.union_stats["region_size"] >= max(res.per_task[n]["region_size"] for n in names)
+    st = res.storage
+    assert 0 < st["patches_bytes"] < st["checkpoints_bytes"] and st["ratio"] > 1
+    assert set(res.approaches) == {"sequential", "own_graft", "union"}
+    assert res.approaches["sequential"]["forgetting_final"] == pytest.approx(sequential.continual["forgetting_final"])
+    assert Path(res.out, "continual_graft.json").is_file()
+
+
+def test_continual_graft_refuses_a_joint_run(joint):
+    with pytest.raises(MtgraftError, match="not a sequential"):
+        continual_graft(ContinualGraftConfig(run=joint["checkpoint"], track=False), show_progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- CLI errors
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--tasks", "rotten_tomatoes"], "at least two tasks"),
+    (["--tasks", "rotten_tomatoes,hedge", "--mode", "mixed"], "mode"),
+    (["--tasks", "rotten_tomatoes,no_such_task"], "unknown task"),
+    (["--tasks", "rotten_tomatoes,hedge", "--graft"], "sequential"),
+])
+def test_cli_user_errors_are_one_line(env, args, msg):
+    r = CliRunner().invoke(app, ["train-multitask", *args, "--model", env["head"], "--out", str(env["dir"] / "x")])
+    assert r.exit_code == 2
+    assert msg in r.output and "Traceback" not in r.output
+    assert not (env["dir"] / "x").exists()
+
+
+def test_failed_run_leaves_nothing(env, monkeypatch):
+    out = env["dir"] / "broken"
+
+    def boom(*a, **k):
+        raise MtgraftError("disk full (simulated)")
+
+    monkeypatch.setattr("mtgraft.evaluation.continual.save_accuracy_matrix", boom)
+    with pytest.raises(MtgraftError):
+        train_multitask(_cfg(env, "sequential", str(out), max_steps=1, eval_every=1), show_progress=False)
+    assert not out.exists()
+    assert not [p for p in env["dir"].iterdir() if p.name.startswith(".broken")]
+
+
+def test_nan_free_json(sequential):
+    text = json.dumps(sequential.to_json(), allow_nan=False, default=str)
+    assert "accuracy_matrix" in text
+    assert all(v is None or math.isfinite(v) for row in sequential.accuracy_matrix for v in row)
