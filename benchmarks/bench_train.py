@@ -1,7 +1,7 @@
 """Training throughput of mtgraft's loop against a plain Hugging Face ``Trainer`` on the same model and data.
 
 Usage: python benchmarks/bench_train.py [--task rotten_tomatoes] [--k 64] [--batch-sizes 8 2] [--max-length 64]
-       [--warmup-epochs 1] [--epochs 2] [--repeats 3] [--threads N] [--out benchmarks/results/train.json]
+       [--warmup-epochs 1] [--epochs 2] [--repeats 3] [--warmup-rounds 1] [--threads 1] [--out benchmarks/results/train.json]
 
 Both sides, in one process and interleaved (the order alternates per repeat):
 - mtgraft: ``train_loop`` + ``BatchStream`` + dynamic padding (the code path of ``mtgraft train``), a fresh
@@ -12,7 +12,10 @@ Same batch size, max length, SGD lr / weight decay / clipping, constant lr. No e
 window on either side. Warm-up and timed windows are whole epochs of the k-shot training set, so both sides
 see every example equally often. Throughput = timed steps x batch size / time between the end of the last
 warm-up step and the end of the last step (a step-end timestamp on both sides), in wall-clock seconds and,
-less sensitive to other processes on a shared machine, in CPU seconds of this process. Prints a markdown table
+less sensitive to other processes on a shared machine, in CPU seconds of this process. One discarded round
+of both sides per batch size comes first (kernels for each padded shape are built on first use, and the
+later side would otherwise get them for free). torch runs one thread by default (``--threads``): on a
+loaded 2-core machine two threads made a step 4-7x slower and far noisier. Prints a markdown table
 and writes JSON; the ratio ours / HF (goal >= 1.0) is the median over the paired repeats.
 """
 
@@ -135,6 +138,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         warmup, timed = args.warmup_epochs * per_epoch, args.epochs * per_epoch
         total = warmup + timed
         reps = []
+        for _ in range(args.warmup_rounds):  # discarded: first-use costs (kernels for each padded shape)
+            run_mtgraft(spec, enc, bs, total, args.lr, args.seed)
+            run_hf(enc, len(spec.labels), bs, total, args.lr, args.seed)
         for r in range(args.repeats):
             order = ("mtgraft", "hf") if r % 2 == 0 else ("hf", "mtgraft")
             res: dict[str, Any] = {"order": list(order)}
@@ -165,6 +171,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "model": "minilm (all-MiniLM-L6-v2), embeddings frozen on both sides", "max_length": args.max_length,
         "optimizer": "sgd", "lr": args.lr, "weight_decay": 1e-4, "grad_clip": 1.0,
         "warmup_epochs": args.warmup_epochs, "timed_epochs": args.epochs, "repeats": args.repeats,
+        "warmup_rounds": args.warmup_rounds,
         "torch_threads": torch.get_num_threads(), "rows": rows,
         "goal": "ratio mtgraft / HF >= 1.0 (examples per wall-clock second, median of paired repeats)",
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
@@ -197,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--epochs", type=int, default=2, help="timed epochs of the k-shot training set")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--warmup-rounds", type=int, default=1, help="discarded rounds of both sides per batch size")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (0 = torch's default; 1 is far steadier on a shared machine)")
     p.add_argument("--out", default="benchmarks/results/train.json")
     args = p.parse_args(argv)
     result = bench(args)

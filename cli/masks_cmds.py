@@ -30,7 +30,10 @@ def _tracking() -> Any:
 
 
 def _is_file(ref: str) -> bool:
-    return Path(ref).expanduser().is_file()
+    """True for an existing patch file; MtgraftError for a missing one that looks like a path."""
+    from mtgraft.registry import local_patch
+
+    return local_patch(ref) is not None
 
 
 def _print_wide(table: Table) -> None:

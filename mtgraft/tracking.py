@@ -32,8 +32,16 @@ def check_reachable(uri: str | None, timeout: float = 4.0) -> None:
         return
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
-    except urllib.error.HTTPError:
-        return  # it answered: reachable (an older server may lack /health)
+    except urllib.error.HTTPError as e:
+        if e.code in (404, 405):
+            try:  # an older server may lack /health: ask the API itself
+                urllib.request.urlopen(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                       timeout=timeout).read()
+                return
+            except (urllib.error.URLError, OSError):
+                raise MtgraftError(f"{uri} does not answer MLflow API requests (HTTP {e.code}): is it an MLflow "
+                                   f"tracking server?") from None
+        return
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", e)
         raise MtgraftError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
@@ -129,6 +137,7 @@ def mlflow_run(kind: str, run_name: str, tracking_uri: str | None = None, enable
 
     import mlflow
 
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # keep --json stdout clean
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.ERROR)
     check_reachable(tracking_uri)

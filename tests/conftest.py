@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -60,6 +61,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: 
     root = tmp_path_factory.mktemp("mlflow-server")
     db = root / "mlflow.db"
     shutil.copy(mlflow_db_template, db)  # skips the server's own (slow) table creation
+    with sqlite3.connect(db) as con:  # as a fresh server would set it: Default's artifacts go through the server
+        con.execute("UPDATE experiments SET artifact_location = 'mlflow-artifacts:/0' WHERE experiment_id = 0")
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",

@@ -27,6 +27,7 @@ from mtgraft.registry.store import (
     MaskRegistry,
     RegisteredMask,
     file_info,
+    local_patch,
     resolve_patch_files,
     version_tags,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "base_short_name",
     "check_alias_name",
     "file_info",
+    "local_patch",
     "list_masks",
     "model_name",
     "parse_ref",

@@ -186,9 +186,11 @@ class MaskRegistry:
         from mtgraft.tracking import check_reachable
 
         _quiet_mlflow()
-        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-        check_reachable(self.tracking_uri)
         from mlflow.exceptions import MlflowException
+
+        # None: what MLflow itself would use (a URI set in-process, else $MLFLOW_TRACKING_URI, else its default)
+        self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+        check_reachable(self.tracking_uri)
 
         try:
             self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -646,6 +648,17 @@ def file_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 
+def local_patch(ref: str) -> Path | None:
+    """The file a REF names if it is a local patch file; None for a registry reference;
+    MtgraftError for something that looks like a path but does not exist."""
+    p = Path(ref).expanduser()
+    if p.is_file():
+        return p
+    if looks_like_path(ref) and "@" not in ref and not ref.startswith("models:/"):
+        raise MtgraftError(f"patch file '{ref}' does not exist (nor is it a registry reference)")
+    return None
+
+
 @contextlib.contextmanager
 def resolve_patch_files(refs: list[str], tracking_uri: str | None = None) -> Iterator[list[dict[str, Any]]]:
     """Yield one dict per REF (``path``, ``ref``, ``sha256``, ``registry``): local files as they are,
@@ -654,12 +667,10 @@ def resolve_patch_files(refs: list[str], tracking_uri: str | None = None) -> Ite
     with tempfile.TemporaryDirectory(prefix="mtgraft-refs-") as tmp:
         out = []
         for i, ref in enumerate(refs):
-            p = Path(ref).expanduser()
-            if p.is_file():
+            p = local_patch(ref)
+            if p is not None:
                 out.append({"ref": ref, "path": p, "sha256": sha256_file(p), "registry": False})
                 continue
-            if looks_like_path(ref) and not ("@" in ref or ref.startswith("models:/")):
-                raise MtgraftError(f"patch file '{ref}' does not exist (nor is it a registry reference)")
             if registry is None:
                 registry = MaskRegistry(tracking_uri)
             dst = Path(tmp) / str(i)

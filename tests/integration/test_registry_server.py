@@ -170,3 +170,11 @@ def test_eight_concurrent_registrations(mlflow_server, make_skillpatch, tmp_path
     # best ends on the highest Rel (worker 7), latest on the highest version
     assert str(reg.get_version(f"{name}@best").version) == results[n - 1]["version"]
     assert str(reg.get_version(f"{name}@latest").version) == str(n)
+
+
+def test_default_experiment_artifacts_go_through_the_server(mlflow_server, make_skillpatch):
+    reg = MaskRegistry(mlflow_server)
+    run = reg.client.create_run("0")
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/0/")
+    m = reg.register_patch(make_skillpatch("in-default.safetensors", task="default_exp"), run_id=run.info.run_id)
+    assert reg.client.get_model_version(m.name, m.version).source.startswith("mlflow-artifacts:/0/")
