@@ -151,57 +151,20 @@ def apply_cmd(
     to: str | None = typer.Option(None, "--to", help="Base model (name, folder, or an mtgraft checkpoint "
                                                           "folder); default: the base recorded in the patch."),
     out: Path = typer.Option(..., "--out", help="Output checkpoint folder (the grafted model)."),
-    check_hash: bool = typer.Option(True, "--check-hash/--no-check-hash",
-                                    help="Refuse a model whose graftable tensors differ from the patch's base."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
 ) -> None:
-    """Graft a patch onto its base model and save the result as a checkpoint folder."""
-    from mtgraft.models import (
-        CHECKPOINT_META,
-        CheckpointMeta,
-        TaskInfo,
-        build_task_model,
-        load_checkpoint,
-        save_checkpoint,
-    )
+    """Graft a patch onto its base model and save the result as a checkpoint folder (usable by ``mtgraft eval``).
+
+    A base model whose graftable tensors differ from the patch's (content hash) is refused.
+    """
     from mtgraft.patches import SkillPatch, sha256
+    from mtgraft.registry.apply import apply_patches
 
     p = SkillPatch.load(patch)
-    h = p.header
-    infos = []
-    for t in h.tasks:
-        if t not in h.tasks_info:
-            raise MtgraftError(f"patch header has no tasks_info for task '{t}': cannot build its model")
-        infos.append(TaskInfo(name=t, **{k: v for k, v in h.tasks_info[t].items() if k != "name"}))
-    target = to or h.base_model
-    if (Path(target) / CHECKPOINT_META).is_file():
-        model, meta0 = load_checkpoint(target)
-        for info in infos:
-            if info.name not in model.tasks:
-                model.add_task(info)
-        pretrained = meta0.pretrained
-    else:
-        model = build_task_model(target, h.model_type, infos)
-        pretrained = {"name": target}
-    if model.model_type != h.model_type:
-        raise MtgraftError(f"the patch is for a '{h.model_type}' model, '{target}' is a '{model.model_type}' model")
-    names = model.graftable_names()
-    if check_hash and names != [n for n, _ in h.graftable]:
-        raise MtgraftError(f"'{target}' has a different graftable set than the patch's base {h.base_model} "
-                           f"({len(names)} vs {len(h.graftable)} tensors)")
-    model_hash = model.base_hash()
-    p.apply_to_model(model, model_hash, check_hash=check_hash)
-    meta = CheckpointMeta(
-        model_type=h.model_type, tasks=list(model.tasks.values()), pretrained={**pretrained, "hash": model_hash},
-        data=h.data, mode="grafted", metrics=h.metrics,
-        patch={"path": str(patch), "sha256": sha256(patch), "task": h.task, "method": h.method,
-               "region_size": h.region_size, "sparsity": h.sparsity, "base_hash": h.base_hash},
-    )
-    save_checkpoint(model, meta, out)
-    result = {"checkpoint": str(out), "patch": str(patch), "base_model": target, "base_hash": model_hash,
-              "region_size": h.region_size, "sparsity": h.sparsity, "head_params": h.head_params}
+    result = apply_patches([p], to, out, sources=[{"path": str(patch), "sha256": sha256(patch)}])
     if json_out:
         print_json(result)
         return
+    h = p.header
     console.print(f"grafted {h.region_size:,} entries (sparsity {h.sparsity:.4g} of the graftable body) "
-                  f"+ {h.head_params:,} head params onto {target} → [bold]{out}[/]")
+                  f"+ {h.head_params:,} head params onto {result['base_model']} → [bold]{out}[/]")

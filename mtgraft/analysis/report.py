@@ -310,6 +310,10 @@ def _pooled(bd: dict[str, Any]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------- summary
 
 
+def _pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
+
+
 def _pair_phrase(r: dict[str, Any]) -> str:
     a, b = r["a"], r["b"]
     p = fmt_p(r["p_value"], r["log10_p_value"])
@@ -383,8 +387,8 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
                  if "mannwhitney_p_greater" in domain_cmp else "")
         lines.append(
             f"Tasks of the same domain ({', '.join(doms)}) overlap {verdict} than tasks of different domains: "
-            f"median enrichment {fmt_x(ms)} (n = {len(same)} pairs, Jaccard {js:.3f}) vs {fmt_x(mc)} "
-            f"(n = {len(cross)}, Jaccard {jc:.3f}){extra}.")
+            f"median enrichment {fmt_x(ms)} (n = {_pairs(len(same))}, Jaccard {js:.3f}) vs {fmt_x(mc)} "
+            f"(n = {_pairs(len(cross))}, Jaccard {jc:.3f}){extra}.")
     # where the overlap concentrates
     pm = [g for g in pooled_module if g["enrichment"] is not None and g["expected"] >= 1]
     if pm and pairs:
@@ -806,7 +810,8 @@ class _Doc:
         self.h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>" + "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
         esc = [[str(c).replace("|", "\\|") for c in r] for r in rows]
-        self.md.append("\n| " + " | ".join(header) + " |\n|" + "|".join("---" for _ in header) + "|\n"
+        head = [c.replace("|", "\\|") for c in header]
+        self.md.append("\n| " + " | ".join(head) + " |\n|" + "|".join("---" for _ in header) + "|\n"
                        + "\n".join("| " + " | ".join(r) + " |" for r in esc) + "\n")
 
     def img(self, path: Path, rel: str, alt: str) -> None:

@@ -82,7 +82,7 @@ def apply_patches(patches: list[Any], base_model: str | None, out_dir: str | os.
 
     srcs = sources or [{} for _ in patches]
     applied = [{**src, "task": p.header.task, "method": p.header.method, "region_size": p.region_size,
-                "sparsity": p.header.sparsity} for p, src in zip(patches, srcs, strict=True)]
+                "sparsity": p.header.sparsity, "finetuned": (p.header.finetuned or {}).get("path")} for p, src in zip(patches, srcs, strict=True)]
     meta = CheckpointMeta(
         model_type=h0.model_type, tasks=list(model.tasks.values()), pretrained={**pretrained, "hash": model_hash},
         data=patch.header.data, mode="grafted", metrics=patch.header.metrics if len(patches) == 1 else {},

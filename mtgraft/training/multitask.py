@@ -138,11 +138,13 @@ class MultitaskResult:
     continual: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
     graft_cl: dict[str, Any] | None = None
+    processes: int = 1
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "tasks": self.tasks, "mode": self.mode, "checkpoint": self.checkpoint, "test": self.test,
-            "dev": self.dev, "steps": self.steps, "train_seconds": round(self.train_seconds, 3),
+            "dev": self.dev, "steps": self.steps, "processes": self.processes,
+            "train_seconds": round(self.train_seconds, 3),
             "examples_per_second": round(self.examples_per_second, 2), "mlflow_run_id": self.mlflow_run_id,
             "data": self.data, "config": self.config, "ece_bins": 10,
         }
@@ -273,6 +275,7 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
                 result = _sequential(cfg, model, enc, names, infos, common, device, dist, run, tmp, show, out)
     dist.wait()
     result.checkpoint, result.mlflow_run_id, result.config, result.data = out, run.run_id, config, data
+    result.processes = dist.world_size
     if cfg.mode == "sequential":
         result.files = {k: str(Path(out) / Path(v).name) for k, v in result.files.items()}
         if cfg.graft and dist.is_main:

@@ -273,3 +273,22 @@ def test_nan_free_json(sequential):
     text = json.dumps(sequential.to_json(), allow_nan=False, default=str)
     assert "accuracy_matrix" in text
     assert all(v is None or math.isfinite(v) for row in sequential.accuracy_matrix for v in row)
+
+
+# ---------------------------------------------------------------------------------------------- data parallel
+
+
+def test_dist_context_shards_a_global_batch(monkeypatch):
+    from types import SimpleNamespace
+
+    from mtgraft.training import DistContext, dist_context, is_main_process
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not dist_context().active and is_main_process()
+    shares = [DistContext(SimpleNamespace(num_processes=2, process_index=r)).shard(list(range(5))) for r in (0, 1)]
+    assert shares == [[0, 2, 4], [1, 3]]  # disjoint, together the whole batch
+    with pytest.raises(MtgraftError, match="batch-size"):
+        DistContext(SimpleNamespace(num_processes=4, process_index=0)).shard([0, 1])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert not is_main_process()

@@ -295,3 +295,37 @@ def test_logged_as_mlflow_artifacts(four, tmp_path, mlflow_local_uri):
     run = client.get_run(res.mlflow_run_id)
     key = "enrichment/rotten_tomatoes__movie_polarity"
     assert run.data.metrics[key] == pytest.approx(20 / (1600 / P))
+
+
+def test_select_patches_from_registry(four, tmp_path, mlflow_local_uri):
+    from mtgraft.analysis.report import select_patches_from_registry
+    from mtgraft.registry import MaskRegistry
+
+    reg = MaskRegistry(mlflow_local_uri)
+    for p in four[:2]:
+        reg.register_patch(p.save(tmp_path / f"{p.header.task}.skillpatch.safetensors"))
+    # a second rotten_tomatoes version: @latest must take it
+    newer = make_patch("rotten_tomatoes", np.arange(100, 120))
+    reg.register_patch(newer.save(tmp_path / "rt2.skillpatch.safetensors"))
+    paths = select_patches_from_registry(["movie_polarity", "rotten_tomatoes"], None, "latest", mlflow_local_uri,
+                                         tmp_path / "pulled")
+    got = [SkillPatch.load(p) for p in paths]
+    assert [g.header.task for g in got] == ["movie_polarity", "rotten_tomatoes"]
+    assert got[1].region_size == 20  # the newest version
+    every = select_patches_from_registry(None, "tiny-bert", "latest", mlflow_local_uri, tmp_path / "all")
+    assert sorted(SkillPatch.load(p).header.task for p in every) == ["movie_polarity", "rotten_tomatoes"]
+    with pytest.raises(MtgraftError, match="no registered patch of task 'hedge'"):
+        select_patches_from_registry(["hedge"], None, "latest", mlflow_local_uri, tmp_path / "x")
+    with pytest.raises(MtgraftError, match="no alias 'nope'"):
+        select_patches_from_registry(["movie_polarity"], None, "nope", mlflow_local_uri, tmp_path / "y")
+
+
+def test_cli_refuses_files_and_selectors_together(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli.app as cli_app
+
+    cli_app._register()
+    r = CliRunner().invoke(cli_app.app, ["overlap-report", "--patches", "a.safetensors", "--task", "imdb", "--no-track"])
+    assert r.exit_code == 2
+    assert "not both" in r.output

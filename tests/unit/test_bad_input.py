@@ -1,0 +1,461 @@
+"""Bad input, caught early: every user mistake in ``docs/errors.md`` is one row of ``CASES`` and one test.
+
+Each row runs the real CLI on tiny inputs and asserts: a non-zero exit, exactly one non-empty line on
+stderr starting with ``error:``, no traceback, the expected message, no output left behind (the ``--out``
+path and its ``.tmp`` siblings) and no new registered SkillPatch version. ``scripts/gen_error_table.py``
+runs the same rows and writes the table in ``docs/errors.md`` from what a user really sees.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import socket
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DISK_FULL = "No space left on device"
+
+
+# ---------------------------------------------------------------------------------------------- the workspace
+
+
+@dataclass
+class Env:
+    """Inputs shared by every row: tiny models, checkpoints, a patch, bad files, an MLflow store."""
+
+    root: Path
+    task: str  # the small local example task (negative/positive)
+    topic: str  # a second local task with other labels (food/sport)
+    model: str  # tiny random 'head' model
+    other_model: str  # another tiny model (different weights): "another base model"
+    ck: str  # single-task checkpoint of ``task``
+    joint: str  # joint checkpoint of ``task`` + ``topic``
+    patch: str  # a real SkillPatch of ``ck``
+    db_uri: str  # sqlite MLflow store
+    closed_port: int
+    files: dict[str, str] = field(default_factory=dict)  # bad inputs, by name
+
+    def out(self, case_id: str) -> Path:
+        """The output path of a row (must not exist after it)."""
+        return self.root / "outs" / case_id
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_task(folder: Path, name: str, rows: str, labels: str = "[negative, positive]", ext: str = "csv",
+                extra: str = "") -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    if rows:
+        (folder / f"{name}.{ext}").write_text(rows)
+    y = folder / f"{name}.yaml"
+    y.write_text(f"name: {name}\ntrain: {name}.{ext}\ntext_column: text\nlabel_column: label\nlabels: {labels}\n"
+                 + extra)
+    return str(y)
+
+
+def build_env(root: Path, mlflow_db: Path | None = None) -> Env:
+    """Build every input of the rows under ``root`` (a few seconds: tiny models, one 1-update graft).
+
+    ``mlflow_db``: an empty migrated MLflow sqlite store to copy (created here when not given).
+    """
+    from mtgraft.grafting import GraftConfig, run_graft
+    from mtgraft.models import CheckpointMeta, build_task_model, save_checkpoint
+    from mtgraft.tasks import get_task
+    from mtgraft.testing import example_task_yaml, make_tiny_checkpoint, make_tiny_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    task = example_task_yaml()
+    tasks_dir = root / "tasks"
+    topic_rows = "text,label\n" + "".join(
+        f'"{t}",{y}\n' for t, y in [
+            ("The striker scored twice in the second half.", "sport"), ("She won the match in three sets.", "sport"),
+            ("The team trained hard before the final.", "sport"), ("A late goal gave them the cup.", "sport"),
+            ("Simmer the onions until golden.", "food"), ("Add salt to the boiling pasta water.", "food"),
+            ("The dough must rise for two hours.", "food"), ("Whisk the eggs with sugar.", "food")])
+    topic = _local_task(tasks_dir, "tiny_topic", topic_rows, labels="[food, sport]")
+    model = make_tiny_model("head", root / "tiny", seed=3)
+    other = make_tiny_model("head", root / "tiny_other", seed=4)
+    ck = make_tiny_checkpoint(root / "ck", model, task, data={"k": 2, "seed": 13, "max_test": None,
+                                                                 "max_length": 32})
+    specs = [get_task(task), get_task(topic)]
+    jm = build_task_model(model, "head", specs)
+    joint = str(root / "joint")
+    save_checkpoint(jm, CheckpointMeta(model_type="head", tasks=list(jm.tasks.values()),
+                                       pretrained={"name": model, "hash": jm.base_hash()},
+                                       data={"k": 2, "seed": 13, "max_test": None, "max_length": 32},
+                                       mode="joint", order=[s.name for s in specs]), joint)
+    res = run_graft(GraftConfig(task=task, finetuned=ck, sparsity=[0.01], method=["graft"], updates=1,
+                                out=str(root / "graft"), track=False, do_register=False), show_progress=False)
+    patch = res[0].results[0]["patch"]
+
+    files: dict[str, str] = {}
+    good_rows = Path(task).with_suffix(".csv").read_text().replace("review,sentiment", "text,label", 1)
+    files["missing_csv"] = _local_task(tasks_dir, "missing_csv", "")
+    files["bad_csv"] = _local_task(tasks_dir, "bad_csv", good_rows + '"an extra field",positive,5\n')
+    files["bad_jsonl"] = _local_task(tasks_dir, "bad_jsonl", '{"text": "fine", "label": "positive"}\n{"text": "oops\n',
+                                     ext="jsonl")
+    files["outside_labels"] = _local_task(tasks_dir, "outside_labels", good_rows + '"It was fine.",neutral\n')
+    files["empty_task"] = _local_task(tasks_dir, "empty_task", "text,label\n" + '"   ",positive\n' * 4
+                                      + '" ",negative\n' * 4)
+    # a truncated checkpoint (its weights file cut in half) and a truncated patch
+    bad_ck = root / "ck_truncated"
+    shutil.copytree(ck, bad_ck)
+    weights = bad_ck / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    files["truncated_ck"] = str(bad_ck)
+    cut = root / "truncated.skillpatch.safetensors"
+    data = Path(patch).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    files["truncated_patch"] = str(cut)
+    junk = root / "random.safetensors"
+    junk.write_bytes(os.urandom(4096))
+    files["random_bytes"] = str(junk)
+    blocker = root / "a_file.txt"
+    blocker.write_text("not a folder\n")
+    files["blocker"] = str(blocker)
+    cfg = root / "configs"
+    cfg.mkdir()
+    (cfg / "unknown_key.yaml").write_text(f"task: {task}\nmodel: {model}\nmax_step: 10\n")
+    (cfg / "wrong_type.yaml").write_text(f"task: {task}\nmodel: {model}\nmax_steps: many\n")
+    (cfg / "study_unknown_key.yaml").write_text(f"name: s\nkind: single\ntasks: [{task}]\nmodel: {model}\n"
+                                                f"trian: {{max_steps: 1}}\n")
+    files.update({k: str(cfg / f"{k}.yaml") for k in ("unknown_key", "wrong_type", "study_unknown_key")})
+
+    db = root / "mlflow.db"
+    if mlflow_db is not None:
+        shutil.copy(mlflow_db, db)
+    else:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(f"sqlite:///{db}", str(root / "mlartifacts"))
+    return Env(root=root, task=task, topic=topic, model=model, other_model=other, ck=ck, joint=joint, patch=patch,
+               db_uri=f"sqlite:///{db}", closed_port=free_port(), files=files)
+
+
+# ---------------------------------------------------------------------------------------------- failure injection
+
+
+def disk_full(mp: pytest.MonkeyPatch, target: str) -> None:
+    """Make the safetensors writer ``target`` (``module.attr``) write half its bytes, then fail with ENOSPC."""
+    import safetensors.torch as st
+
+    def full(tensors: dict[str, Any], filename: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+        data = st.save(tensors, metadata=metadata)
+        with open(filename, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, DISK_FULL)
+
+    mod, attr = target.rsplit(".", 1)
+    mp.setattr(f"{mod}.{attr}", full)
+
+
+def disk_full_bytes(mp: pytest.MonkeyPatch) -> None:
+    """Make ``atomic_file`` writers (SkillPatch.save, JSON) fail with ENOSPC after writing some bytes."""
+    import mtgraft.utils as u
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, DISK_FULL)
+
+    mp.setattr(u.os, "fsync", fsync)
+
+
+def hub_offline(mp: pytest.MonkeyPatch) -> None:
+    """No network to the Hugging Face hub (fast: the probe is skipped)."""
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+# ---------------------------------------------------------------------------------------------- the rows
+
+
+@dataclass
+class Case:
+    """One user mistake: the command line, what is wrong, the message pattern the user must see."""
+
+    id: str
+    command: str
+    mistake: str
+    args: Callable[[Env], list[str]]
+    expect: str  # regex searched in the error line
+    setup: Callable[[Env, pytest.MonkeyPatch], None] | None = None
+    registry: bool = False  # the command may register patches: check no new version appears
+
+
+def _train(e: Env, cid: str, *extra: str) -> list[str]:
+    return ["train", "--task", e.task, "--model", e.model, "--k", "2", "--max-steps", "1", "--eval-every", "1",
+            "--max-length", "32", "--out", str(e.out(cid)), *extra]
+
+
+def _graft(e: Env, cid: str, *extra: str) -> list[str]:
+    return ["graft", "--task", e.task, "--finetuned", e.ck, "--method", "graft", "--sparsity", "0.01",
+            "--updates", "1", "--max-test", "8", "--no-register", "--out", str(e.out(cid)), *extra]
+
+
+CASES: list[Case] = [
+    # --- train -------------------------------------------------------------------------------------------
+    Case("train-unknown-task", "train", "a task name that is not in the catalog (and not a YAML path)",
+         lambda e: _train(e, "train-unknown-task", "--task", "rotten_tomatos"),
+         r"unknown task 'rotten_tomatos'; did you mean 'rotten_tomatoes'"),
+    Case("train-prompt-no-mlm", "train", "`--type prompt` on a model without a masked-LM head (the embedded minilm)",
+         lambda e: _train(e, "train-prompt-no-mlm", "--type", "prompt", "--model", "minilm"),
+         r"type 'prompt' needs a masked LM head, but .* has none"),
+    Case("train-k-too-large", "train", "K larger than half the smallest class (K train + K dev per class)",
+         lambda e: _train(e, "train-k-too-large", "--k", "500"),
+         r"k=500 per class needs 1000 examples of class .* \(largest possible k: 4\)"),
+    Case("train-bad-k", "train", "K that is not a positive integer or 'all'",
+         lambda e: _train(e, "train-bad-k", "--k", "0"),
+         r"invalid options: k: .*k must be a positive integer or 'all'"),
+    Case("train-negative-lr", "train", "a negative learning rate",
+         lambda e: _train(e, "train-negative-lr", "--lr", "-1"), r"invalid options: lr: .*greater than 0"),
+    Case("train-missing-csv", "train", "a task YAML whose data file does not exist",
+         lambda e: _train(e, "train-missing-csv", "--task", e.files["missing_csv"]),
+         r"task file .*missing_csv\.yaml: train file not found: .*missing_csv\.csv"),
+    Case("train-malformed-csv", "train", "a malformed csv (a row with more fields than the header)",
+         lambda e: _train(e, "train-malformed-csv", "--task", e.files["bad_csv"]),
+         r"bad_csv\.csv: line 18 has 3 fields, the header has 2"),
+    Case("train-malformed-jsonl", "train", "a malformed jsonl (a line that is not valid JSON)",
+         lambda e: _train(e, "train-malformed-jsonl", "--task", e.files["bad_jsonl"]),
+         r"bad_jsonl\.jsonl: line 2 is not valid JSON"),
+    Case("train-labels-outside", "train", "data rows with labels outside the task's declared `labels`",
+         lambda e: _train(e, "train-labels-outside", "--task", e.files["outside_labels"]),
+         r"1 row\(s\) have labels outside the declared labels \['negative', 'positive'\]: 'neutral'"),
+    Case("train-empty-task", "train", "a task with no examples left after filtering (empty texts)",
+         lambda e: _train(e, "train-empty-task", "--task", e.files["empty_task"]),
+         r"task 'empty_task' has no training examples after filtering"),
+    Case("train-hub-offline", "train", "a hub task (sst2) with no network",
+         lambda e: _train(e, "train-hub-offline", "--task", "sst2"),
+         r"task 'sst2' needs the Hugging Face hub \(nyu-mll/glue/sst2\), which cannot be reached",
+         setup=lambda e, mp: hub_offline(mp)),
+    Case("train-out-unwritable", "train", "an `--out` that cannot be created (below a regular file)",
+         lambda e: _train(e, "train-out-unwritable")[:-1] + [e.files["blocker"] + "/sub/ck"],
+         r"cannot write to output folder '.*a_file\.txt/sub': Not a directory"),
+    Case("train-config-unknown-key", "train", "a `--config` YAML with an unknown key (a typo)",
+         lambda e: ["train", "--config", e.files["unknown_key"], "--out", str(e.out("train-config-unknown-key"))],
+         r"invalid config \(.*unknown_key\.yaml\): max_step: unknown key"),
+    Case("train-config-wrong-type", "train", "a `--config` YAML with a value of the wrong type",
+         lambda e: ["train", "--config", e.files["wrong_type"], "--out", str(e.out("train-config-wrong-type"))],
+         r"invalid config \(.*wrong_type\.yaml\): max_steps: Input should be a valid integer"),
+    Case("train-config-missing", "train", "a `--config` file that does not exist",
+         lambda e: ["train", "--config", str(e.root / "nope.yaml"), "--out", str(e.out("train-config-missing"))],
+         r"config file not found: .*nope\.yaml"),
+    Case("train-tracking-unreachable", "train", "an unreachable MLflow tracking server",
+         lambda e: _train(e, "train-tracking-unreachable", "--tracking-uri", f"http://127.0.0.1:{e.closed_port}"),
+         r"cannot reach the MLflow tracking server at http://127\.0\.0\.1:\d+: .*[Cc]onnection refused"),
+    Case("train-disk-full", "train", "the disk fills up while the checkpoint is written (simulated)",
+         lambda e: _train(e, "train-disk-full"),
+         r"cannot write '.*train-disk-full': No space left on device",
+         setup=lambda e, mp: disk_full(mp, "mtgraft.models.save_file")),
+    # --- graft -------------------------------------------------------------------------------------------
+    Case("graft-sparsity-zero", "graft", "sparsity ≤ 0",
+         lambda e: _graft(e, "graft-sparsity-zero", "--sparsity", "0"), r"sparsity must be in \(0, 1\], got 0"),
+    Case("graft-sparsity-above-one", "graft", "sparsity > 1",
+         lambda e: _graft(e, "graft-sparsity-above-one", "--sparsity", "1.5"),
+         r"sparsity must be in \(0, 1\], got 1\.5"),
+    Case("graft-sparsity-empty-region", "graft", "a sparsity so small that the region is empty (k = 0)",
+         lambda e: _graft(e, "graft-sparsity-empty-region", "--sparsity", "1e-9"),
+         r"sparsity 1e-09 of [\d,]+ graftable parameters is an empty region \(k = 0\); use at least"),
+    Case("graft-wrong-task", "graft", "a checkpoint fine-tuned on another task than `--task`",
+         lambda e: _graft(e, "graft-wrong-task", "--task", e.topic),
+         r"the checkpoint was trained on \[example_local\], not on task 'tiny_topic'"),
+    Case("graft-multitask-unseen", "graft", "a multi-task checkpoint grafted for a task it never saw",
+         lambda e: _graft(e, "graft-multitask-unseen", "--finetuned", e.joint, "--task", "rotten_tomatoes"),
+         r"the checkpoint was trained on \[example_local, tiny_topic\], not on task 'rotten_tomatoes'"),
+    Case("graft-truncated-checkpoint", "graft", "a truncated checkpoint (weights file cut short)",
+         lambda e: _graft(e, "graft-truncated-checkpoint", "--finetuned", e.files["truncated_ck"]),
+         r"corrupt or incomplete checkpoint .*ck_truncated"),
+    Case("graft-not-a-checkpoint", "graft", "`--finetuned` is a plain model folder, not an mtgraft checkpoint",
+         lambda e: _graft(e, "graft-not-a-checkpoint", "--finetuned", e.model),
+         r"'.*tiny' is not an mtgraft checkpoint \(no mtgraft\.json\)"),
+    Case("graft-other-pretrained", "graft", "`--pretrained` is not the model the checkpoint was fine-tuned from",
+         lambda e: _graft(e, "graft-other-pretrained", "--pretrained", e.other_model),
+         r"pretrained model '.*tiny_other' is not the one checkpoint .* was fine-tuned from"),
+    Case("graft-unknown-method", "graft", "an unknown `--method`",
+         lambda e: _graft(e, "graft-unknown-method", "--method", "graft,magic"),
+         r"unknown method 'magic' \(available: graft, topk"),
+    Case("graft-incompatible-eval-tasks", "graft", "`--eval-tasks` with a different label space (transfer)",
+         lambda e: _graft(e, "graft-incompatible-eval-tasks", "--eval-tasks", e.topic),
+         r"cannot evaluate 'example_local' on 'tiny_topic': label spaces differ"),
+    Case("graft-tracking-unreachable", "graft", "an unreachable MLflow tracking server (patches to register)",
+         lambda e: [*_graft(e, "graft-tracking-unreachable", "--tracking-uri",
+                            f"http://127.0.0.1:{e.closed_port}"), "--register"],
+         r"cannot reach the MLflow tracking server at http://127\.0\.0\.1:\d+", registry=True),
+    Case("graft-disk-full", "graft", "the disk fills up while a SkillPatch is written (simulated)",
+         lambda e: [*_graft(e, "graft-disk-full"), "--register"],
+         r"cannot write '.*graft-disk-full.*': No space left on device",
+         setup=lambda e, mp: disk_full_bytes(mp), registry=True),
+    # --- eval --------------------------------------------------------------------------------------------
+    Case("eval-model-and-patch", "eval", "both `--model` and `--patch`",
+         lambda e: ["eval", "--model", e.ck, "--patch", e.patch, "--out", str(e.out("eval-model-and-patch"))],
+         r"give exactly one of --model DIR or --patch PATCH"),
+    Case("eval-neither", "eval", "neither `--model` nor `--patch`",
+         lambda e: ["eval", "--out", str(e.out("eval-neither"))], r"give exactly one of --model DIR or --patch PATCH"),
+    Case("eval-wrong-task", "eval", "a checkpoint evaluated on a task it was not trained on",
+         lambda e: ["eval", "--model", e.ck, "--task", e.topic, "--out", str(e.out("eval-wrong-task"))],
+         r"the checkpoint was trained on \[example_local\], not on task 'tiny_topic'"),
+    Case("eval-incompatible-eval-tasks", "eval", "`--eval-tasks` with a different label space (transfer)",
+         lambda e: ["eval", "--model", e.ck, "--eval-tasks", e.topic, "--out",
+                    str(e.out("eval-incompatible-eval-tasks"))],
+         r"cannot evaluate 'example_local' on 'tiny_topic': label spaces differ"),
+    Case("eval-patch-wrong-task", "eval", "a patch evaluated on a task it was not grafted for",
+         lambda e: ["eval", "--patch", e.patch, "--task", e.topic, "--out", str(e.out("eval-patch-wrong-task"))],
+         r"is for task\(s\) \['example_local'\], not '.*tiny_topic\.yaml'"),
+    # --- patch -------------------------------------------------------------------------------------------
+    Case("patch-apply-other-base", "patch apply", "a patch applied to another base model",
+         lambda e: ["patch", "apply", e.patch, "--to", e.other_model, "--out", str(e.out("patch-apply-other-base"))],
+         r"base"),
+    Case("patch-info-random-bytes", "patch info", "a file that is not a SkillPatch (random bytes)",
+         lambda e: ["patch", "info", e.files["random_bytes"]], r"is not a readable SkillPatch"),
+    Case("patch-apply-truncated", "patch apply", "a truncated SkillPatch file",
+         lambda e: ["patch", "apply", e.files["truncated_patch"], "--out", str(e.out("patch-apply-truncated"))],
+         r"is not a readable SkillPatch \(not a safetensors file, truncated or corrupt"),
+    Case("patch-apply-disk-full", "patch apply", "the disk fills up while the grafted model is written (simulated)",
+         lambda e: ["patch", "apply", e.patch, "--out", str(e.out("patch-apply-disk-full"))],
+         r"cannot write '.*patch-apply-disk-full': No space left on device",
+         setup=lambda e, mp: disk_full(mp, "mtgraft.models.save_file")),
+    Case("patch-stitch-one", "patch stitch", "stitching a single patch",
+         lambda e: ["patch", "stitch", e.patch, "--out", str(e.out("patch-stitch-one"))],
+         r"stitch needs at least two patches"),
+    # --- masks -------------------------------------------------------------------------------------------
+    Case("masks-show-unknown", "masks show", "a registry reference that does not exist",
+         lambda e: ["masks", "show", "no_such_mask@best", "--tracking-uri", e.db_uri],
+         r"unknown registered model 'no_such_mask'"),
+    # --- train-multitask / continual-graft ---------------------------------------------------------------
+    Case("multitask-task-twice", "train-multitask", "a task listed twice",
+         lambda e: ["train-multitask", "--tasks", f"{e.task},{e.task}", "--model", e.model, "--out",
+                    str(e.out("multitask-task-twice"))], r"a task is listed twice"),
+    Case("multitask-one-task", "train-multitask", "a single task",
+         lambda e: ["train-multitask", "--tasks", e.task, "--model", e.model, "--out",
+                    str(e.out("multitask-one-task"))], r"give at least two tasks"),
+    Case("continual-graft-joint", "continual-graft", "a joint run where a sequential run is needed",
+         lambda e: ["continual-graft", "--run", e.joint, "--out", str(e.out("continual-graft-joint"))],
+         r"is a joint checkpoint, not a sequential multi-task run"),
+    # --- run / overlap-report / tasks / data -------------------------------------------------------------
+    Case("run-study-unknown-key", "run", "a study YAML with an unknown key (a typo)",
+         lambda e: ["run", e.files["study_unknown_key"], "--out", str(e.out("run-study-unknown-key"))],
+         r"invalid study \(.*study_unknown_key\.yaml\): trian: unknown key"),
+    Case("overlap-report-one-patch", "overlap-report", "a single patch (an overlap needs two)",
+         lambda e: ["overlap-report", e.patch, "--no-track", "--out", str(e.out("overlap-report-one-patch"))],
+         r"two"),
+    Case("tasks-show-unknown", "tasks show", "an unknown task name",
+         lambda e: ["tasks", "show", "imbd", "--no-fetch"], r"unknown task 'imbd'; did you mean 'imdb'"),
+    Case("data-fetch-hub-offline", "data fetch", "fetching a hub task with no network",
+         lambda e: ["data", "fetch", "sst2"], r"task 'sst2' needs the Hugging Face hub",
+         setup=lambda e, mp: hub_offline(mp)),
+]
+
+
+# ---------------------------------------------------------------------------------------------- running a row
+
+
+@dataclass
+class Outcome:
+    """What a user saw and what the row left behind."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    leftovers: list[str]
+    new_versions: int
+    exception: BaseException | None
+
+
+def registered_versions(db_uri: str) -> int:
+    """Number of registered model versions in a sqlite MLflow store (0 when it has none)."""
+    path = db_uri.removeprefix("sqlite:///")
+    try:
+        with sqlite3.connect(path) as con:
+            return int(con.execute("SELECT count(*) FROM model_versions").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def leftovers(out: Path) -> list[str]:
+    """The output path itself and any temporary/partial siblings of it."""
+    found = [str(out)] if out.exists() else []
+    if out.parent.is_dir():
+        found += [str(p) for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    return found
+
+
+def isolate(root: Path, mp: pytest.MonkeyPatch, cwd: Path) -> None:
+    """Point caches, MLflow (``root/mlflow.db``) and the working folder into ``root`` (nothing leaks into the repo)."""
+    mp.setenv("MTGRAFT_CACHE", str(root / "cache"))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.delenv("MTGRAFT_DEBUG", raising=False)
+    cwd.mkdir(parents=True, exist_ok=True)
+    mp.chdir(cwd)
+    try:  # another test may have set a process-wide tracking URI
+        import mlflow.tracking._tracking_service.utils as mu
+
+        mp.setattr(mu, "_tracking_uri", None)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_case(env: Env, case: Case) -> Outcome:
+    """Run one row through the real CLI (in-process) and collect what the user saw."""
+    from typer.testing import CliRunner
+
+    import cli.app as appmod
+
+    appmod._register()
+    out = env.out(case.id)
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(env.root, mp, env.root / "cwd" / case.id)
+        before = registered_versions(env.db_uri)
+        if case.setup:
+            case.setup(env, mp)
+        res = CliRunner().invoke(appmod.app, case.args(env))
+    exc = res.exception if res.exception and not isinstance(res.exception, SystemExit) else None
+    return Outcome(res.exit_code, res.stdout, res.stderr, leftovers(out),
+                   registered_versions(env.db_uri) - before, exc)
+
+
+def error_lines(text: str) -> list[str]:
+    """The non-empty lines of a stream."""
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- the tests
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("bad-input")
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(root, mp, root / "cwd" / "build")
+        yield build_env(root, mlflow_db_template)
+
+
+def test_at_least_twenty_distinct_mistakes() -> None:
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)) and len(CASES) >= 20
+    commands = {c.command.split()[0] for c in CASES}
+    assert {"train", "graft", "eval", "patch", "masks", "train-multitask", "run"} <= commands
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_clear_line(env: Env, case: Case) -> None:
+    o = run_case(env, case)
+    assert o.exception is None, f"{case.id}: uncaught {o.exception!r}"
+    assert o.exit_code != 0, f"{case.id}: exit code 0\n{o.stderr}"
+    lines = error_lines(o.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{case.id}: stderr is not one error line:\n{o.stderr}"
+    assert "Traceback" not in o.stdout + o.stderr
+    assert re.search(case.expect, lines[0]), f"{case.id}: {lines[0]!r} does not match {case.expect!r}"
+    assert not o.stdout.strip(), f"{case.id}: stdout not empty: {o.stdout!r}"
+    assert not o.leftovers, f"{case.id}: left behind {o.leftovers}"
+    assert o.new_versions == 0, f"{case.id}: {o.new_versions} new registry version(s)"
