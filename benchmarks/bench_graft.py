@@ -57,6 +57,9 @@ for _rule, _lr in (("gd", 1e7), ("normalized", 10.0)):
     for _u, _c, _pat in ((20, 10, 5), (20, None, 5), (10, 10, 10), (40, 10, 10)):
         VARIANTS[f"{'gd' if _rule == 'gd' else 'norm'}-u{_u}-c{_c or 'all'}-p{_pat}"] = _variant(_rule, _lr, _u, _c,
                                                                                                  _pat)
+INFO_CODE = ("import json, mlflow; from mtgraft.grafting import RECIPES; from mtgraft.utils import provenance; "
+             "mlflow.MlflowClient().search_experiments(); "
+             "print(json.dumps({'recipes': RECIPES, 'provenance': provenance()}, default=str))")
 REL_TOLERANCE = 0.01  # "within 1 point of the paper recipe's Rel"
 TIME_FRACTION = 0.2  # "in at most a fifth of its time"
 PEAK_FACTOR = 1.2  # graft peak memory at most 1.2x fine-tuning's
@@ -65,7 +68,11 @@ BYTES_GOAL = 12.0  # SkillPatch bytes per grafted parameter, header aside
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | Path | None = None,
                  timeout: float | None = None) -> dict[str, Any]:
-    """Run ``cmd`` as a child; its wall time, peak RSS (MiB, of that child alone), exit code, stdout, stderr tail."""
+    """Run ``cmd`` as a child; its wall time, peak RSS (MiB), CPU seconds, exit code, stdout, stderr tail.
+
+    Linux carries the parent's peak RSS at fork into the child's ``ru_maxrss``, so the parent must stay
+    small: this module imports neither torch nor mtgraft at module level, and ``main`` asks a child for them.
+    """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
@@ -103,6 +110,36 @@ def variant_settings(variant: dict[str, Any], recipes: dict[str, dict[str, Any]]
     return s
 
 
+def patch_file_stats(path: str | Path, region_size: int) -> dict[str, Any]:
+    """Sizes of a SkillPatch file read from its safetensors header (without torch): total, header, task head,
+    region data, and region bytes per grafted parameter (header and head aside)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    head = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k.startswith("head/"))
+    region = size - 8 - n - head
+    return {"file_bytes": size, "header_bytes": 8 + n, "head_bytes": head, "region_bytes": region,
+            "region_size": region_size, "bytes_per_grafted_param": region / region_size if region_size else None,
+            "file_bytes_per_grafted_param": size / region_size if region_size else None}
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary sibling and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _json(stdout: str) -> dict[str, Any]:
     lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if not lines:
@@ -138,8 +175,6 @@ def finetune(args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[
 def graft_variant(args: argparse.Namespace, name: str, variant: dict[str, Any], sparsity: float, ck: str,
                   work: Path, env: dict[str, str]) -> dict[str, Any]:
     """Measure one ``mtgraft graft --method graft`` child for a variant at one sparsity."""
-    from mtgraft.patches import file_stats
-
     out = work / f"graft-{name}-s{sparsity:g}"
     cmd = [sys.executable, "-m", "cli.app", "graft", "--task", args.task, "--finetuned", ck, "--sparsity",
            f"{sparsity:g}", "--method", "graft", "--recipe", variant["recipe"], *cli_options(variant["options"]),
@@ -160,7 +195,7 @@ def graft_variant(args: argparse.Namespace, name: str, variant: dict[str, Any], 
         "reference": {k: res["reference"][k]["accuracy"] for k in ("pretrained", "finetuned")},
     }
     if e.get("patch"):
-        row["patch"] = file_stats(e["patch"])
+        row["patch"] = patch_file_stats(e["patch"], e["region_size"])
     return row
 
 
@@ -251,9 +286,6 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse options, fine-tune, graft every variant at every sparsity, write JSON, print tables."""
-    from mtgraft.grafting import RECIPES
-    from mtgraft.utils import provenance, write_json
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="rotten_tomatoes")
     p.add_argument("--k", type=int, default=64)
@@ -271,8 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
     env = child_env(args.threads, uri)
-    # create the MLflow store before anything is timed (its first use runs database migrations)
-    run_measured([sys.executable, "-c", "import mlflow; mlflow.MlflowClient().search_experiments()"], env, ROOT)
+    # recipes and provenance from a child (the parent stays small), and the MLflow store created before
+    # anything is timed (its first use runs database migrations)
+    info = run_measured([sys.executable, "-c", INFO_CODE], env, ROOT)
+    if info["rc"] != 0:
+        raise RuntimeError(f"cannot import mtgraft: {info['stderr_tail']}")
+    info = _json(info["stdout"])
     try:
         ft: dict[str, Any] = {}
         if args.finetuned:
@@ -292,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         result = {
             "benchmark": "graft", "task": args.task, "k": args.k, "seed": args.seed, "max_test": args.max_test,
             "model": "minilm (all-MiniLM-L6-v2)", "train_args": TRAIN_ARGS, "threads": args.threads,
-            "recipes": RECIPES, "variants": {n: VARIANTS[n] for n in args.variants}, "finetune": ft, "rows": rows,
+            "recipes": info["recipes"], "variants": {n: VARIANTS[n] for n in args.variants}, "finetune": ft, "rows": rows,
             "goals": goals(rows, ft),
             "goal_text": {"a": "default recipe: Rel >= paper Rel - 0.01 in <= 1/5 of the paper recipe's graft time",
                           "b": "graft command no slower than the fine-tuning command; peak RSS <= 1.2x",
@@ -300,12 +336,12 @@ def main(argv: list[str] | None = None) -> None:
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version(), "loadavg_start": load_start,
                         "loadavg_end": os.getloadavg(), "shared": True},
-            "provenance": provenance(),
+            "provenance": info["provenance"],
         }
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    write_json(args.out, result)
+    write_json_atomic(args.out, result)
     print(markdown(result))
     print(f"\nwritten {args.out}", file=sys.stderr)
 

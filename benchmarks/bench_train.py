@@ -12,7 +12,8 @@ Same batch size, max length, SGD lr / weight decay / clipping, constant lr. No e
 window on either side. Warm-up and timed windows are whole epochs of the k-shot training set, so both sides
 see every example equally often. Throughput = timed steps x batch size / time between the end of the last
 warm-up step and the end of the last step (a step-end timestamp on both sides), in wall-clock seconds and,
-less sensitive to other processes on a shared machine, in CPU seconds of this process. One discarded round
+less sensitive to other processes on a shared machine, in CPU seconds of this process; padded tokens per second (counted at the embeddings, so a different
+batching of the same examples is accounted for) is reported beside them. One discarded round
 of both sides per batch size comes first (kernels for each padded shape are built on first use, and the
 later side would otherwise get them for free). torch runs one thread by default (``--threads``): on a
 loaded 2-core machine two threads made a step 4-7x slower and far noisier. Prints a markdown table
@@ -58,12 +59,32 @@ def load_data(task: str, k: int, seed: int, max_length: int) -> tuple[Any, Any]:
     return spec, encode_examples(model, spec.name, splits.train, max_length)
 
 
-def _stamp(stamps: list[tuple[float, float]]) -> None:
-    stamps.append((time.perf_counter(), time.process_time()))
+class StepClock:
+    """Step-end timestamps (wall, CPU) and the running count of padded tokens the embeddings have seen."""
+
+    def __init__(self, embeddings: torch.nn.Module) -> None:
+        self.stamps: list[tuple[float, float, int]] = []
+        self.tokens = 0
+        embeddings.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            self.tokens += int(ids.numel())
+
+    def step_end(self) -> None:
+        """Record the end of a training step."""
+        self.stamps.append((time.perf_counter(), time.process_time(), self.tokens))
 
 
-def run_mtgraft(spec: Any, enc: Any, batch_size: int, steps: int, lr: float, seed: int) -> list[tuple[float, float]]:
-    """(wall, CPU) step-end timestamps of ``steps`` steps of mtgraft's training loop on a fresh model."""
+def token_rate(stamps: list[tuple[float, float, int]], warmup: int) -> float:
+    """Padded tokens per wall-clock second over the timed steps."""
+    return (stamps[-1][2] - stamps[warmup - 1][2]) / (stamps[-1][0] - stamps[warmup - 1][0])
+
+
+def run_mtgraft(spec: Any, enc: Any, batch_size: int, steps: int, lr: float,
+                seed: int) -> list[tuple[float, float, int]]:
+    """(wall, CPU, padded tokens so far) step-end stamps of ``steps`` steps of mtgraft's training loop on a fresh model."""
     from mtgraft.models import build_task_model
     from mtgraft.training import BatchStream, make_optimizer, set_trainable, train_loop
 
@@ -71,15 +92,16 @@ def run_mtgraft(spec: Any, enc: Any, batch_size: int, steps: int, lr: float, see
     model = build_task_model("minilm", "head", [spec])
     set_trainable(model)
     opt = make_optimizer(model, "sgd", lr, 1e-4)
-    stamps: list[tuple[float, float]] = []
+    clock = StepClock(model.backbone.embeddings)
     train_loop(model, BatchStream([enc], batch_size, seed), lambda: {"accuracy": 0.0}, optimizer=opt,
                max_steps=steps, eval_every=steps + 1, grad_clip=1.0, device=torch.device("cpu"),
-               keep_best=False, progress=lambda step, info: _stamp(stamps))
-    return stamps
+               keep_best=False, progress=lambda step, info: clock.step_end())
+    return clock.stamps
 
 
-def run_hf(enc: Any, n_labels: int, batch_size: int, steps: int, lr: float, seed: int) -> list[tuple[float, float]]:
-    """(wall, CPU) step-end timestamps of ``steps`` steps of ``transformers.Trainer`` on a fresh model."""
+def run_hf(enc: Any, n_labels: int, batch_size: int, steps: int, lr: float,
+           seed: int) -> list[tuple[float, float, int]]:
+    """(wall, CPU, padded tokens so far) step-end stamps of ``steps`` steps of ``transformers.Trainer`` on a fresh model."""
     from datasets import Dataset
     from transformers import (
         AutoModelForSequenceClassification,
@@ -94,11 +116,11 @@ def run_hf(enc: Any, n_labels: int, batch_size: int, steps: int, lr: float, seed
     from mtgraft.models import resolve_model_path
 
     class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.stamps: list[tuple[float, float]] = []
+        def __init__(self, clock: StepClock) -> None:
+            self.clock = clock
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            _stamp(self.stamps)
+            self.clock.step_end()
 
     set_seed(seed)
     path = resolve_model_path("minilm")
@@ -111,7 +133,8 @@ def run_hf(enc: Any, n_labels: int, batch_size: int, steps: int, lr: float, seed
     if enc.token_type_ids is not None:
         cols["token_type_ids"] = enc.token_type_ids
     ds = Dataset.from_dict(cols)
-    timer = StepTimer()
+    clock = StepClock(model.base_model.embeddings)
+    timer = StepTimer(clock)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
@@ -123,7 +146,7 @@ def run_hf(enc: Any, n_labels: int, batch_size: int, steps: int, lr: float, seed
                           processing_class=tok, callbacks=[timer])
         trainer.remove_callback(PrinterCallback)  # keep stdout for the table
         trainer.train()
-    return timer.stamps
+    return clock.stamps
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,20 +174,24 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     stamps = run_hf(enc, len(spec.labels), bs, total, args.lr, args.seed)
                 if len(stamps) != total:
                     raise RuntimeError(f"{side}: expected {total} steps, got {len(stamps)}")
-                res[side] = throughput([w for w, _ in stamps], warmup, bs)
-                res[f"{side}_cpu"] = throughput([c for _, c in stamps], warmup, bs)
+                res[side] = throughput([w for w, _, _ in stamps], warmup, bs)
+                res[f"{side}_cpu"] = throughput([c for _, c, _ in stamps], warmup, bs)
+                res[f"{side}_tok"] = token_rate(stamps, warmup)
+                res[f"{side}_padded_tokens"] = stamps[-1][2] - stamps[warmup - 1][2]
             res["ratio"] = res["mtgraft"] / res["hf"]
             res["ratio_cpu"] = res["mtgraft_cpu"] / res["hf_cpu"]
+            res["ratio_tok"] = res["mtgraft_tok"] / res["hf_tok"]
             reps.append(res)
             print(f"bs {bs} repeat {r}: mtgraft {res['mtgraft']:.1f} ex/s, HF {res['hf']:.1f} ex/s, "
-                  f"ratio {res['ratio']:.3f} (CPU-time ratio {res['ratio_cpu']:.3f})", file=sys.stderr)
+                  f"ratio {res['ratio']:.3f} (CPU-time ratio {res['ratio_cpu']:.3f}, padded tokens/s ratio "
+                  f"{res['ratio_tok']:.3f})", file=sys.stderr)
         med = {key: statistics.median(x[key] for x in reps)
-               for key in ("mtgraft", "hf", "ratio", "mtgraft_cpu", "hf_cpu", "ratio_cpu")}
+               for key in ("mtgraft", "hf", "ratio", "mtgraft_cpu", "hf_cpu", "ratio_cpu", "ratio_tok")}
         rows.append({
             "batch_size": bs, "warmup_steps": warmup, "timed_steps": timed, "repeats": reps,
             "mtgraft_ex_per_s": med["mtgraft"], "hf_ex_per_s": med["hf"], "ratio": med["ratio"],
             "mtgraft_ex_per_cpu_s": med["mtgraft_cpu"], "hf_ex_per_cpu_s": med["hf_cpu"],
-            "ratio_cpu": med["ratio_cpu"],
+            "ratio_cpu": med["ratio_cpu"], "ratio_padded_tokens_per_s": med["ratio_tok"],
         })
     return {
         "benchmark": "train_throughput", "task": spec.name, "k": args.k, "n_train": len(enc),
@@ -183,12 +210,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     """The markdown table of a result."""
     lines = ["| batch size | timed steps | mtgraft ex/s | HF Trainer ex/s | ratio | per-repeat ratios "
-             "| ratio in CPU time |",
-             "|---:|---:|---:|---:|---:|---|---:|"]
+             "| ratio in CPU time | ratio of padded tokens/s |",
+             "|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in result["rows"]:
         per = ", ".join(f"{x['ratio']:.2f}" for x in r["repeats"])
         lines.append(f"| {r['batch_size']} | {r['timed_steps']} | {r['mtgraft_ex_per_s']:.1f} | "
-                     f"{r['hf_ex_per_s']:.1f} | {r['ratio']:.2f} | {per} | {r['ratio_cpu']:.2f} |")
+                     f"{r['hf_ex_per_s']:.1f} | {r['ratio']:.2f} | {per} | {r['ratio_cpu']:.2f} | "
+                     f"{r['ratio_padded_tokens_per_s']:.2f} |")
     return "\n".join(lines)
 
 

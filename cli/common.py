@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mtgraft.config import BaseConfig, build_config
 from mtgraft.errors import MtgraftError
@@ -53,7 +54,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MtgraftError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # escape: a message may hold [brackets] (task lists) that rich would take for markup
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]")
@@ -62,7 +64,8 @@ def handle_errors(fn: F) -> F:
             if os.environ.get("MTGRAFT_DEBUG"):
                 raise
             where = f" '{e.filename}'" if getattr(e, "filename", None) else ""
-            console.print(f"[bold red]error:[/] {e.strerror or e}{where}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(f'{e.strerror or e}{where}')}", highlight=False,
+                          soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

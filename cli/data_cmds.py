@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app
@@ -143,13 +144,13 @@ def data_fetch(
             except MtgraftError as e:
                 failed.append({"name": spec.name, "error": str(e)})
                 if not json_out:
-                    console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             else:
                 if not json_out:
                     console.print(f"[green]ok[/] {spec.name}", highlight=False)
     if json_out:
         print_json({"fetched": results, "failed": failed})
-    else:
+    elif results:  # nothing fetched: the error lines say it all
         t = Table(title="fetched tasks")
         t.add_column("name", no_wrap=True)
         for col in ("source", "train", "test", "train class counts"):

@@ -28,6 +28,7 @@ def overlap_report_cmd(
     task: list[str] | None = typer.Option(None, "--task", help="Task(s) to take from the registry (repeat or comma-separate); default: every task of --base.", rich_help_panel=SELECT),
     base: str | None = typer.Option(None, "--base", help="Base model of the registry patches (name, short name or start of its hash).", rich_help_panel=SELECT),
     alias: str = typer.Option("best", "--alias", help="Registry alias to take per task: best | latest | any alias you set.", rich_help_panel=SELECT),
+    method: str | None = typer.Option(None, "--method", help="Only registry versions made by this method (e.g. graft); best/latest are then taken among them.", rich_help_panel=SELECT),
     patches: list[str] | None = typer.Option(None, "--patches", help="SkillPatch files (repeat the option, or list files after it).", rich_help_panel=SELECT),
     files: list[str] | None = typer.Argument(None, help="More SkillPatch files (same as --patches).", show_default=False),
     duplicates: str = typer.Option("error", "--duplicates", help="Two patches of one task: error | first (keep the first) | label (keep all, labelled by method and sparsity).", rich_help_panel=SELECT),
@@ -51,8 +52,9 @@ def overlap_report_cmd(
     tasks = _split(task)
     if duplicates not in DUPLICATE_POLICIES:
         raise MtgraftError(f"--duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got '{duplicates}'")
-    if files_all and (tasks or base):
-        raise MtgraftError("give either patch files (--patches) or registry selectors (--task/--base), not both")
+    if files_all and (tasks or base or method):
+        raise MtgraftError("give either patch files (--patches) or registry selectors (--task/--base/--method), "
+                           "not both")
     mt = None if max_test.strip().lower() == "all" else _int(max_test, "--max-test")
     unions = [_split([u]) for u in (union or [])]
     with tempfile.TemporaryDirectory(prefix="mtgraft-report-") as tmp:
@@ -60,7 +62,8 @@ def overlap_report_cmd(
             inputs = files_all
         else:
             console.print(f"selecting patches from the registry (alias '{alias}')…")
-            inputs = [str(p) for p in select_patches_from_registry(tasks or None, base, alias, tracking_uri, tmp)]
+            inputs = [str(p) for p in select_patches_from_registry(tasks or None, base, alias, tracking_uri, tmp,
+                                                                    method=method)]
         name = "-".join(tasks) if tasks else "patches"
         res = build_report(inputs, out or default_out("overlap", name[:60]), with_transfer=with_transfer,
                            unions=unions, min_enrichment=min_enrichment, max_p=max_p, max_test=mt, device=device,
@@ -73,7 +76,7 @@ def overlap_report_cmd(
         console.print(f"• {s}", highlight=False, soft_wrap=True)
     if res.mlflow_run_id:
         console.print(f"mlflow run: {res.mlflow_run_id}")
-    console.print(f"report: [bold]{res.paths['html']}[/] (Markdown: {res.paths['markdown']}; data: "
+    console.print(f"report: [bold]{res.paths['html']}[/] (Markdown: {res.paths['md']}; data: "
                   f"{res.paths['overlap_json']})", highlight=False, soft_wrap=True)
 
 

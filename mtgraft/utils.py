@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -72,9 +73,32 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+class NoSpaceError(MtgraftError):
+    """The disk (or quota) filled up while an output was written; names the output, not its temp file."""
+
+    def __init__(self, final: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"cannot write '{final}': {reason}")
+        self.reason = reason
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _no_space(final: Path, e: BaseException) -> NoSpaceError | None:
+    """A :class:`NoSpaceError` naming ``final`` when ``e`` is a full disk/quota (raw or already wrapped)."""
+    if isinstance(e, NoSpaceError):
+        return NoSpaceError(final, e.reason)
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        return NoSpaceError(final, e.strerror or "no space left on device")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``final``; on error it is removed."""
+    """Yield a temporary sibling folder; on success it replaces ``final``; on error it is removed.
+
+    A full disk while writing raises :class:`NoSpaceError` naming ``final`` (not the temporary folder).
+    """
     final = Path(final)
     parent = final.parent if str(final.parent) else Path(".")
     ensure_writable_dir(parent)
@@ -89,14 +113,18 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _no_space(final, e)
+        if full is not None:
+            raise full from None
         raise
 
 
 @contextlib.contextmanager
 def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temp file next to ``final``; rename over it on success, delete it on error."""
+    """Open a temp file next to ``final``; rename over it on success, delete it on error (full disk:
+    :class:`NoSpaceError` naming ``final``)."""
     final = Path(final)
     parent = final.parent if str(final.parent) else Path(".")
     try:
@@ -110,9 +138,12 @@ def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        full = _no_space(final, e)
+        if full is not None:
+            raise full from None
         raise
 
 

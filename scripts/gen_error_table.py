@@ -33,6 +33,11 @@ grafting starts. The messages below are copied from real runs on tiny inputs (pa
 Exit codes: `2` for a user error (`MtgraftError`), `1` for an operating-system error that the
 command could not turn into a clearer message.
 
+*Caught*: **before any model** = before a model is loaded (the test fails if one is); **before
+training** = after a model or checkpoint is loaded (the mistake is in it, or the check comes after
+loading) but before any training, grafting or data encoding (the test fails if one starts); **writing
+results** = a full disk, found while the output is written, which is then removed.
+
 Environment failures are simulated: *no network* sets `HF_HUB_OFFLINE=1`; an *unreachable tracking
 server* is `--tracking-uri http://127.0.0.1:<port>` with nothing listening; a *full disk* makes the
 file writer fail with `ENOSPC` half-way through a file.
@@ -54,6 +59,7 @@ def load_cases_module() -> object:
 def shorten(text: str, tmp: Path) -> str:
     """Replace scratch and repository paths with placeholders; the closed port with ``<port>``."""
     text = text.replace(str(tmp.resolve()), "<tmp>").replace(str(tmp), "<tmp>").replace(str(ROOT), "<repo>")
+    text = re.sub(r"[^\s'\"]*/site-packages/", "<site-packages>/", text)
     text = re.sub(r"\.tmp-[A-Za-z0-9_]+", ".tmp-XXXX", text)
     return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
 
@@ -124,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print(f"{failures} row(s) break their contract: not writing {args.out}", file=sys.stderr)
         return 1
-    out = [HEADER, "| command | the mistake | what the user sees (stderr) | exit |", "|---|---|---|---|"]
+    out = [HEADER, "| command | the mistake | what the user sees (stderr) | exit | caught | test id |",
+           "|---|---|---|---|---|---|"]
     for case, message, code in rows:
-        out.append(f"| `mtgraft {case.command}` | {md_cell(case.mistake)} | `{md_cell(message)}` | {code} |")
+        when = "writing results" if case.late else "before training" if case.needs_model else "before any model"
+        out.append(f"| `mtgraft {case.command}` | {md_cell(case.mistake)} | `{md_cell(message)}` | {code} "
+                   f"| {when} | `{case.id}` |")
     out.append("")
     out.append(f"{len(rows)} mistakes across {len({c.command.split()[0] for c, _, _ in rows})} commands. "
                "Regenerate with `python scripts/gen_error_table.py` (`--check` to verify only).")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import math
 import os
@@ -121,47 +122,64 @@ def load_inputs(patches: Sequence[Any], duplicates: Duplicates = "error") -> tup
 
 
 def select_patches_from_registry(tasks: Sequence[str] | None = None, base: str | None = None, alias: str = "best",
-                                 tracking_uri: str | None = None, dest: str | os.PathLike | None = None) -> list[Path]:
+                                 tracking_uri: str | None = None, dest: str | os.PathLike | None = None,
+                                 method: str | None = None) -> list[Path]:
     """Download (sha256-verified) one registered patch per task — ``name@alias`` — into ``dest``; return the paths.
 
     No ``tasks``: every single-task patch registered for ``base``. Without ``base`` the tasks must have
-    patches for exactly one base model. ``dest`` defaults to a new temporary folder (the caller removes it).
+    patches for exactly one base model. With ``method`` (e.g. ``graft``) only versions made by that
+    method count: ``best`` = the highest recorded Rel among them, ``latest`` = the newest, another alias
+    must point at one of them. ``dest`` defaults to a new temporary folder (the caller removes it).
     """
     import tempfile
 
     from mtgraft.registry import MaskRegistry
 
     reg = MaskRegistry(tracking_uri)
-    want = [t for t in (tasks or []) if t]
+    want = list(dict.fromkeys(t for t in (tasks or []) if t))
+    where = (f" for base '{base}'" if base else "") + (f" made by method '{method}'" if method else "")
     rows = []
     if want:
         for t in want:
-            got = [r for r in reg.list_masks(task=t, base=base) if r["task"] == t]
+            got = [r for r in reg.list_masks(task=t, base=base) if r["task"] == t
+                   and (method is None or r["method"] == method)]
             if not got:
-                where = f" for base '{base}'" if base else ""
                 raise MtgraftError(f"no registered patch of task '{t}'{where} in {reg.tracking_uri} "
                                    "(see 'mtgraft masks list')")
             rows += got
     else:
-        rows = [r for r in reg.list_masks(base=base) if r["task"] and "+" not in r["task"]]
+        rows = [r for r in reg.list_masks(base=base) if r["task"] and "+" not in r["task"]
+                and (method is None or r["method"] == method)]
         if not rows:
-            where = f" for base '{base}'" if base else ""
             raise MtgraftError(f"no registered single-task patches{where} in {reg.tracking_uri}")
     bases = sorted({r["base_hash"] or "" for r in rows})
     if len(bases) > 1:
         names = sorted({f"{r['base_model']} ({(r['base_hash'] or '')[:15]}…)" for r in rows})
         raise MtgraftError(f"the selected patches belong to {len(bases)} base models ({'; '.join(names)}); "
                            "pick one with --base")
-    models: dict[str, str] = {}  # task -> registered model name
+    by_task: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        models.setdefault(r["task"], r["name"])
-    order = want or sorted(models)
+        by_task.setdefault(r["task"], []).append(r)
+    order = want or sorted(by_task)
     out_dir = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="mtgraft-report-inputs-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for t in order:
-        ref = f"{models[t]}@{alias}"
-        sub = out_dir / f"{models[t]}@{alias}"
+        versions = by_task[t]
+        name = versions[0]["name"]
+        if method is None:
+            ref = f"{name}@{alias}"
+        elif alias.lower() == "latest":
+            ref = f"{name}/{max(int(r['version']) for r in versions)}"
+        elif alias.lower() == "best":
+            top = max(versions, key=lambda r: (r["rel"] if r["rel"] is not None else -math.inf, int(r["version"])))
+            ref = f"{name}/{top['version']}"
+        else:
+            hit = [r for r in versions if alias in r["aliases"]]
+            if not hit:
+                raise MtgraftError(f"alias '{alias}' of '{name}' does not name a version made by method '{method}'")
+            ref = f"{name}/{hit[0]['version']}"
+        sub = out_dir / ref.replace("/", "_v")
         sub.mkdir(parents=True, exist_ok=True)
         local, _ = reg.fetch(ref, sub)
         paths.append(Path(local))
@@ -335,13 +353,17 @@ def _pair_phrase(r: dict[str, Any]) -> str:
 def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: list[dict[str, Any]],
               comms: list[list[str]], graph_info: dict[str, Any], nodes: dict[str, dict[str, Any]],
               transfer: dict[str, Any] | None, correlation: dict[str, Any] | None,
-              min_enrichment: float) -> dict[str, Any]:
-    """Structured findings and plain-language sentences generated from the numbers."""
+              min_enrichment: float, core: int = 0) -> dict[str, Any]:
+    """Structured findings and plain-language sentences generated from the numbers.
+
+    ``core`` = number of entries in every region (reported when every pair overlaps beyond chance).
+    """
     tasks = mat["tasks"]
     P = int(mat["P"])
     sizes = [int(s) for s in mat["sizes"]]
     lines: list[str] = []
     mean_exp = float(np.mean([r["expected"] for r in pairs])) if pairs else 0.0
+    core_expected = float(P * np.prod([s / P for s in sizes])) if P else 0.0
     lines.append(
         f"{len(tasks)} task regions of {min(sizes):,}–{max(sizes):,} entries out of |P| = {P:,} graftable "
         f"parameters (densities {min(sizes) / P:.2e}–{max(sizes) / P:.2e}); two random regions of these sizes "
@@ -352,6 +374,10 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
     if enr and max(enr) < 1.5 and min(enr) > 1 / 1.5:
         lines.append(f"Every pair overlaps at about chance level (enrichment {min(enr):.2f}–{max(enr):.2f}): "
                      "here the regions do not single out related tasks.")
+    if len(pairs) > 1 and len(strong) == len(pairs):
+        lines.append(f"Every pair, similar or not, shares more than chance; {core:,} entries lie in all "
+                     f"{len(tasks)} regions (chance would put {core_expected:.2g} there): part of each region is "
+                     "common to all these tasks, so compare enrichments rather than asking whether there is overlap.")
     for r in strong[:6]:
         lines.append(_pair_phrase(r) + ".")
     if len(strong) > 6:
@@ -382,7 +408,8 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
             u = mannwhitneyu([r["enrichment"] for r in same], [r["enrichment"] for r in cross], alternative="greater")
             domain_cmp["mannwhitney_p_greater"] = float(u.pvalue)
         doms = sorted({dom[r["a"]] for r in same})
-        verdict = "more" if ms > mc else "not more"
+        ratio = ms / mc if mc > 0 else math.inf
+        verdict = "more" if ratio >= 1.25 else "less" if ratio <= 0.8 else "about as much"
         extra = (f", one-sided Mann–Whitney p = {fmt_p(domain_cmp['mannwhitney_p_greater'])}"
                  if "mannwhitney_p_greater" in domain_cmp else "")
         lines.append(
@@ -391,7 +418,7 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
             f"(n = {_pairs(len(cross))}, Jaccard {jc:.3f}){extra}.")
     # where the overlap concentrates
     pm = [g for g in pooled_module if g["enrichment"] is not None and g["expected"] >= 1]
-    if pm and pairs:
+    if pm and pairs and sum(g["observed"] for g in pm) > 0:
         top = max(pm, key=lambda g: g["enrichment"])
         low = min(pm, key=lambda g: g["enrichment"])
         lines.append(f"Summed over all pairs, shared entries are most enriched in {top['module']} "
@@ -440,6 +467,7 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
         "beyond_chance": [f"{r['a']}–{r['b']}" for r in strong],
         "disjoint_or_chance": [f"{r['a']}–{r['b']}" for r in by["chance"] + by["below_chance"] + by["too_small"]],
         "domains": domain_cmp,
+        "core_size": core,
         "communities": comms,
         "multi_task_communities": multi,
     }
@@ -448,7 +476,7 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
 # ------------------------------------------------------------------------------------------- plots
 
 
-def _fig(w: float, h: float, layout: str | None = None) -> Any:
+def _fig(w: float, h: float, layout: str | None = "constrained") -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -459,7 +487,7 @@ def _fig(w: float, h: float, layout: str | None = None) -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(f, format="png", dpi=110)
     return path
 
 
@@ -487,7 +515,9 @@ def heatmap(values: np.ndarray, rows: list[str], cols: list[str], path: Path, ti
     ax.set_yticks(range(nr), [_short(r, 40) for r in rows], fontsize=8)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title(textwrap.fill(title, max(40, int(w * 11))), fontsize=9)
     finite = v[~m]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     for i in range(nr):
@@ -565,7 +595,7 @@ def matrix_figures(mat: dict[str, Any], figdir: Path) -> dict[str, Path]:
     thr = -math.log10(ALPHA / m)
     out["heatmap_pvalue"] = heatmap(
         nl, tasks, tasks, figdir / "heatmap_pvalue.png",
-        f"-log10 p (hypergeometric, more shared than chance); Bonferroni α=0.05 line at {thr:.1f}; * = significant",
+        f"-log10 p (hypergeometric, more shared than chance); * = significant (Bonferroni threshold {thr:.1f} at α=0.05)",
         "-log10 p", lambda i, j: dtext(i, j, lambda a, b: f"{nl[a, b]:.1f}" + ("*" if nl[a, b] >= thr else "")),
         cmap="magma_r", mask=diag)
     return out
@@ -609,7 +639,7 @@ def profile_figures(profiles: dict[str, dict[str, Any]], figdir: Path) -> dict[s
     n = len(tasks)
     ncol = min(n, 3)
     nrow = math.ceil(n / ncol)
-    fig = _fig(max(4.6, 3.7 * ncol + 0.8), (0.38 * len(layers) + 2.1) * nrow + 0.5, layout="constrained")
+    fig = _fig(max(4.6, 3.7 * ncol + 0.8), (0.38 * len(layers) + 2.1) * nrow + 0.5)
     vmax = 0.0
     grids = {}
     for t in tasks:
@@ -642,7 +672,7 @@ def profile_figures(profiles: dict[str, dict[str, Any]], figdir: Path) -> dict[s
     fig.suptitle("Where each task's region sits: layer × module kind (share of region, %)", fontsize=9)
     out = {"profile_layer_module": _save(fig, figdir / "profile_layer_module.png")}
 
-    fig = _fig(max(8.0, 1.2 * n + 6), 3.8, layout="constrained")
+    fig = _fig(max(8.0, 1.2 * n + 6), 3.8)
     for k, by in enumerate(("module", "layer")):
         ax = fig.add_subplot(1, 2, k + 1)
         recs0 = profiles[tasks[0]][f"by_{by}"]
@@ -903,7 +933,9 @@ def analyse(
         correlation = overlap_transfer_correlation(mat["enrichment"], labels, transfer, "enrichment")
         correlation_c = overlap_transfer_correlation(mat["containment"], labels, transfer,
                                                      "containment |g_i∩g_j|/|g_j|")
-    summary = summarise(mat, pairs, pooled_module, comms, graph_info, nodes, transfer, correlation, min_enrichment)
+    core = functools.reduce(lambda x, y: np.intersect1d(x, y, assume_unique=True), regions.values())
+    summary = summarise(mat, pairs, pooled_module, comms, graph_info, nodes, transfer, correlation, min_enrichment,
+                        core=int(core.size))
     return {"labels": labels, "patches": plist, "sources": srcs, "nodes": nodes, "P": P, "segments": seg,
             "header": h0, "matrices": mat, "pairs": pairs, "breakdown_layer": bd_layer, "breakdown_module": bd_module,
             "pooled_layer": pooled_layer, "pooled_module": pooled_module, "profiles": profiles, "graph": G,
@@ -1145,5 +1177,5 @@ def _write_all(d: Path, title: str, a: dict[str, Any], min_enrichment: float, ma
     with atomic_file(d / "report.md", "w") as f:
         f.write(doc.markdown())
     paths["html"] = d / "report.html"
-    paths["markdown"] = d / "report.md"
+    paths["md"] = d / "report.md"
     return paths

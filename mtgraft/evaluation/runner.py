@@ -14,11 +14,14 @@ from pydantic import Field, field_validator
 from mtgraft.config import BaseConfig, parse_k
 from mtgraft.errors import MtgraftError
 from mtgraft.models import (
+    CHECKPOINT_META,
+    CheckpointMeta,
     TaskInfo,
     TaskModel,
     build_task_model,
     encode_examples,
     load_checkpoint,
+    read_checkpoint_meta,
 )
 from mtgraft.utils import ensure_writable_dir, resolve_device, write_json
 
@@ -65,6 +68,37 @@ def _with_head_of(pre: TaskModel, model: TaskModel, task: str) -> TaskModel:
     return pre
 
 
+def _meta_if_checkpoint(path: str | None) -> CheckpointMeta | None:
+    """The metadata of a checkpoint folder that still exists (None otherwise)."""
+    if not path or not (Path(path) / CHECKPOINT_META).is_file():
+        return None
+    try:
+        return read_checkpoint_meta(path)
+    except MtgraftError:
+        return None
+
+
+def recorded_task(name: str, meta: CheckpointMeta | None, what: str) -> Any:
+    """The task ``name`` that a checkpoint or patch recorded: a catalog task, else the local task YAML the
+    run recorded (multi-task ``task_sources``, or ``train_config.task``); one clear error if neither."""
+    from mtgraft.tasks import get_task
+    from mtgraft.tasks.catalog import CATALOG
+
+    if name in CATALOG:
+        return get_task(name)
+    candidates = []
+    if meta is not None:
+        candidates.append(((meta.model_extra or {}).get("task_sources") or {}).get(name))
+        candidates.append((meta.train_config or {}).get("task"))
+    for ref in candidates:
+        if isinstance(ref, str) and (ref in CATALOG or Path(ref).is_file()):
+            spec = get_task(ref)
+            if spec.name == name:
+                return spec
+    raise MtgraftError(f"{what} is for the local task '{name}', whose task YAML is not recorded or no longer "
+                       f"exists: give --task PATH.yaml")
+
+
 def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Accuracy, macro-F1, ECE (10 bins), Brier, agreement with the fine-tuned model, Rel, OOD."""
     from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
@@ -76,6 +110,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     finetuned_path: str | None = cfg.finetuned
     recorded_ref: dict[str, Any] = {}
+    # 1. what to evaluate on, from the small files only (no model is loaded before every check passed)
     if cfg.patch:
         from mtgraft.patches import SkillPatch
 
@@ -83,9 +118,22 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
         h = patch.header
         tasks_info = [TaskInfo(**{"name": n, **v}) for n, v in h.tasks_info.items()]
         ptasks = [t.name for t in tasks_info]
-        task_name = cfg.task or ptasks[0]
-        if task_name not in ptasks and get_task(task_name).name not in ptasks:
-            raise MtgraftError(f"patch {cfg.patch} is for task(s) {ptasks}, not '{task_name}'")
+        ft_meta = _meta_if_checkpoint((h.finetuned or {}).get("path"))
+        spec = get_task(cfg.task) if cfg.task else recorded_task(ptasks[0], ft_meta, f"patch {cfg.patch}")
+        if spec.name not in ptasks and (cfg.task or spec.name) not in ptasks:
+            raise MtgraftError(f"patch {cfg.patch} is for task(s) {ptasks}, not '{spec.name}'")
+    else:
+        meta = read_checkpoint_meta(cfg.model)
+        spec = get_task(cfg.task) if cfg.task else recorded_task(meta.tasks[0].name, meta,
+                                                                 f"checkpoint {cfg.model}")
+        meta.task(spec.name)
+    ospecs = [get_task(other) for other in cfg.eval_tasks]
+    for ospec in ospecs:
+        if not compatible(spec, ospec):
+            raise MtgraftError(f"cannot evaluate '{spec.name}' on '{ospec.name}': label spaces differ "
+                               f"({spec.labels} vs {ospec.labels})")
+    # 2. the model
+    if cfg.patch:
         base = cfg.pretrained or h.base_model
         model = build_task_model(base, h.model_type, tasks_info)
         patch.apply_to_model(model, model.base_hash())
@@ -96,20 +144,16 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
         what = {"patch": str(cfg.patch), "method": h.method, "region_size": h.region_size, "sparsity": h.sparsity}
     else:
         model, meta = load_checkpoint(cfg.model)
-        task_name = cfg.task or meta.tasks[0].name
-        meta.task(get_task(task_name).name)
         pre_name = cfg.pretrained or meta.pretrained.get("name")
         data = dict(meta.data)
         extra = meta.model_extra or {}
         if meta.mode == "grafted":
-            applied = extra.get("patches") or []
-            if finetuned_path is None and len(applied) == 1:
-                finetuned_path = applied[0].get("finetuned")
+            finetuned_path = finetuned_path or (extra.get("patch") or {}).get("finetuned") or \
+                (meta.metrics.get("finetuned") if isinstance(meta.metrics.get("finetuned"), str) else None)
             recorded_ref = meta.metrics.get("reference", {})
         elif finetuned_path is None:
             finetuned_path = str(cfg.model)  # a fine-tuned checkpoint is its own reference
         what = {"model": str(cfg.model), "mode": meta.mode}
-    spec = get_task(task_name)
     task_name = spec.name
     for key, attr in (("k", "k"), ("seed", "data_seed"), ("max_test", "max_test"), ("max_length", "max_length")):
         v = getattr(cfg, attr)
@@ -121,11 +165,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     data.setdefault("max_length", 128)
     ns = SimpleNamespace(k=data["k"], seed=data["seed"], max_test=data["max_test"])
     tests = {task_name: make_splits(spec, ns.k, ns.seed, ns.max_test).test}
-    for other in cfg.eval_tasks:
-        ospec = get_task(other)
-        if not compatible(spec, ospec):
-            raise MtgraftError(f"cannot evaluate '{spec.name}' on '{ospec.name}': label spaces differ "
-                               f"({spec.labels} vs {ospec.labels})")
+    for ospec in ospecs:
         tests[ospec.name] = make_splits(ospec, ns.k, ns.seed, ns.max_test).test
     model.to(device)
     encs = {n: encode_examples(model, task_name, ex, data["max_length"]) for n, ex in tests.items()}

@@ -24,7 +24,7 @@ from mtgraft.models import (
     load_checkpoint,
     read_checkpoint_meta,
 )
-from mtgraft.utils import ensure_writable_dir, provenance, resolve_device, set_seed, write_json
+from mtgraft.utils import atomic_dir, ensure_writable_dir, provenance, resolve_device, set_seed, write_json
 
 __all__ = ["GraftConfig", "GraftSpace", "METHODS", "RECIPES", "budget_k", "run_graft", "topk_indices"]
 
@@ -179,15 +179,25 @@ def run_graft(cfg: GraftConfig, show_progress: bool = True) -> list[GraftResult]
 def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_progress: bool = True) -> GraftResult:
     """Run every method at every sparsity for one task; write SkillPatches and results."""
     from mtgraft.patches import SkillPatch
-    from mtgraft.tasks import get_task
-    from mtgraft.tracking import mlflow_run
+    from mtgraft.tasks import compatible, get_task
+    from mtgraft.tracking import check_reachable, mlflow_run
     from mtgraft.training import default_out, evaluate_probs, prepare_task_data, progress_bar
 
     t_start = time.perf_counter()
     spec = get_task(task_name)
     info = meta.task(spec.name)
+    # every check that needs no model comes first: a mistake costs no model loading
+    ospecs = [get_task(other) for other in cfg.eval_tasks]
+    for ospec in ospecs:
+        if not compatible(spec, ospec):
+            raise MtgraftError(f"cannot evaluate '{spec.name}' on '{ospec.name}': label spaces differ "
+                               f"({spec.labels} vs {ospec.labels})")
     out = Path(cfg.out or default_out("graft", spec.name))
-    ensure_writable_dir(out)
+    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    if out.exists() and not out.is_dir():
+        raise MtgraftError(f"--out '{out}' exists and is not a folder")
+    if cfg.track:
+        check_reachable(cfg.tracking_uri)
     device = resolve_device(cfg.device)
     dcfg = data_settings(cfg, meta)
     settings = cfg.learn_settings()
@@ -213,13 +223,7 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
     enc = {name: encode_examples(space.model, spec.name, getattr(splits, name), dcfg["max_length"])
            for name in ("train", "dev", "test")}
     ood = {}
-    for other in cfg.eval_tasks:
-        from mtgraft.tasks import compatible
-
-        ospec = get_task(other)
-        if not compatible(spec, ospec):
-            raise MtgraftError(f"cannot evaluate '{spec.name}' on '{ospec.name}': label spaces differ "
-                               f"({spec.labels} vs {ospec.labels})")
+    for ospec in ospecs:
         osplits = prepare_task_data(ospec, SimpleNamespace(k=dcfg["k"], seed=dcfg["seed"], max_test=dcfg["max_test"]))
         ood[ospec.name] = encode_examples(space.model, spec.name, osplits.test, dcfg["max_length"])
 
@@ -271,73 +275,79 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
         run.log_params(conf)
         run.log_config(conf)
         run.log_metrics({"pretrained": pre_m, "finetuned": ft_m}, prefix="test/")
-        for s in cfg.sparsity:
-            k = ks[s]
-            for mname in cfg.method:
-                method = get_method(mname)
-                t0 = time.perf_counter()
-                with progress_bar(settings["updates"] if method.learned else 1, f"{mname} s={s:g}",
-                                  show_progress) as upd:
-                    def prog(step: int, total: int, h: dict[str, Any], _s: float = s) -> None:
-                        upd(step, f"train {h.get('train', float('nan')):.3f} dev {h.get('dev', float('nan')):.3f} "
-                                  f"size {h['size']:,}")
-                        run.log_metrics({f"graft_s{_s:g}/{k_}": v for k_, v in h.items() if k_ != "update"},
-                                        step=step)
+        written: list[tuple[dict[str, Any], Path]] = []
+        with atomic_dir(out) as tmp:  # files go to a temporary sibling: nothing is left if a step fails
+            for s in cfg.sparsity:
+                k = ks[s]
+                for mname in cfg.method:
+                    method = get_method(mname)
+                    t0 = time.perf_counter()
+                    with progress_bar(settings["updates"] if method.learned else 1, f"{mname} s={s:g}",
+                                      show_progress) as upd:
+                        def prog(step: int, total: int, h: dict[str, Any], _s: float = s) -> None:
+                            upd(step, f"train {h.get('train', float('nan')):.3f} dev {h.get('dev', float('nan')):.3f} "
+                                      f"size {h['size']:,}")
+                            run.log_metrics({f"graft_s{_s:g}/{k_}": v for k_, v in h.items() if k_ != "update"},
+                                            step=step)
 
-                    ctx = SelectContext(space, k, enc["train"], enc["dev"], settings, cfg.seed,
-                                        progress=prog if method.learned else None)
-                    sel = method.select(ctx)
-                    upd(settings["updates"] if method.learned else 1)
-                seconds = time.perf_counter() - t0
-                idx = sel.indices
-                theta = space.theta_from_indices(idx)
-                m = eval_theta(theta, ft_preds)
-                probs = m.pop("_probs")
-                m.pop("_preds")
-                add_rel(m)
-                entry: dict[str, Any] = {
-                    "method": mname, "sparsity": s, "k": k, "region_size": int(idx.numel()),
-                    "region_fraction": idx.numel() / space.numel, "seconds": round(seconds, 3),
-                    "patch": None, "test": m,
-                }
-                if method.learned:
-                    entry["updates_run"] = sel.info.get("updates_run")
-                    entry["best_update"] = sel.info.get("best_update")
-                    entry["candidates"] = sel.info.get("candidates")
-                    curves[f"graft s={s:g}"] = (probs, np.asarray(enc["test"].labels))
-                if method.learned or cfg.save_baselines:
-                    header = {
-                        "base_model": pre_name, "base_hash": space.base_hash, "graftable": space.graftable_list(),
-                        "task": spec.name, "tasks_info": {spec.name: info.model_dump()},
-                        "model_type": meta.model_type, "method": mname,
-                        "method_settings": settings if method.learned else {}, "sparsity_requested": s,
-                        "seed": cfg.seed, "data": dcfg,
-                        "metrics": {"test": _strip(m), "reference": {"pretrained": _strip(pre_m),
-                                                                      "finetuned": _strip(ft_m)}},
-                        "finetuned": {"path": str(Path(cfg.finetuned).resolve()),
-                                      "mlflow_run_id": meta.mlflow_run_id, "mode": meta.mode},
+                        ctx = SelectContext(space, k, enc["train"], enc["dev"], settings, cfg.seed,
+                                            progress=prog if method.learned else None)
+                        sel = method.select(ctx)
+                        upd(settings["updates"] if method.learned else 1)
+                    seconds = time.perf_counter() - t0
+                    idx = sel.indices
+                    theta = space.theta_from_indices(idx)
+                    m = eval_theta(theta, ft_preds)
+                    probs = m.pop("_probs")
+                    m.pop("_preds")
+                    add_rel(m)
+                    entry: dict[str, Any] = {
+                        "method": mname, "sparsity": s, "k": k, "region_size": int(idx.numel()),
+                        "region_fraction": idx.numel() / space.numel, "seconds": round(seconds, 3),
+                        "patch": None, "test": m,
                     }
-                    patch = SkillPatch.from_flat_values(idx.numpy(), theta_ft[idx.to(space.device)].cpu(), head,
-                                                        header)
-                    path = out / f"{safe_name(spec.name)}-{mname}-s{s:g}.skillpatch.safetensors"
-                    patch.save(path)
-                    entry["patch"] = str(path)
-                    entry["patch_bytes"] = path.stat().st_size
-                    run.log_artifact(path, "skillpatch")
-                    if cfg.do_register and cfg.track:
-                        entry["registered"] = _register(path, run.run_id, cfg.tracking_uri)
-                run.log_metrics(_strip(m), prefix=f"test/{mname}_s{s:g}/")
-                run.log_metrics({"region_size": entry["region_size"], "seconds": seconds},
-                                prefix=f"{mname}_s{s:g}/")
-                results.append(entry)
-        diag = out / f"{safe_name(spec.name)}-reliability.png"
-        reliability_diagram(curves, diag, title=f"{spec.name}: reliability (10 equal-width bins)")
-        run.log_artifact(diag)
-        summary = {"task": spec.name, "reference": _strip_all(reference), "results": _strip_all(results),
-                   "graftable_size": space.numel, "head_params": head_params, "data": dcfg,
-                   "learn_settings": settings, "provenance": provenance()}
-        write_json(out / "results.json", summary)
-        run.log_artifact(out / "results.json")
+                    if method.learned:
+                        entry["updates_run"] = sel.info.get("updates_run")
+                        entry["best_update"] = sel.info.get("best_update")
+                        entry["candidates"] = sel.info.get("candidates")
+                        curves[f"graft s={s:g}"] = (probs, np.asarray(enc["test"].labels))
+                    if method.learned or cfg.save_baselines:
+                        header = {
+                            "base_model": pre_name, "base_hash": space.base_hash, "graftable": space.graftable_list(),
+                            "task": spec.name, "tasks_info": {spec.name: info.model_dump()},
+                            "model_type": meta.model_type, "method": mname,
+                            "method_settings": settings if method.learned else {}, "sparsity_requested": s,
+                            "seed": cfg.seed, "data": dcfg,
+                            "metrics": {"test": _strip(m), "reference": {"pretrained": _strip(pre_m),
+                                                                          "finetuned": _strip(ft_m)}},
+                            "finetuned": {"path": str(Path(cfg.finetuned).resolve()),
+                                          "mlflow_run_id": meta.mlflow_run_id, "mode": meta.mode},
+                        }
+                        patch = SkillPatch.from_flat_values(idx.numpy(), theta_ft[idx.to(space.device)].cpu(), head,
+                                                            header)
+                        fname = f"{safe_name(spec.name)}-{mname}-s{s:g}.skillpatch.safetensors"
+                        patch.save(tmp / fname)
+                        entry["patch"] = str(out / fname)
+                        entry["patch_bytes"] = (tmp / fname).stat().st_size
+                        written.append((entry, tmp / fname))
+                    run.log_metrics(_strip(m), prefix=f"test/{mname}_s{s:g}/")
+                    run.log_metrics({"region_size": entry["region_size"], "seconds": seconds},
+                                    prefix=f"{mname}_s{s:g}/")
+                    results.append(entry)
+            diag_name = f"{safe_name(spec.name)}-reliability.png"
+            reliability_diagram(curves, tmp / diag_name, title=f"{spec.name}: reliability (10 equal-width bins)")
+            # log and register only once every file is written: a failed write leaves no registry entry
+            for entry, path in written:
+                run.log_artifact(path, "skillpatch")
+                if cfg.do_register and cfg.track:
+                    entry["registered"] = _register(path, run.run_id, cfg.tracking_uri)
+            run.log_artifact(tmp / diag_name)
+            summary = {"task": spec.name, "reference": _strip_all(reference), "results": _strip_all(results),
+                       "graftable_size": space.numel, "head_params": head_params, "data": dcfg,
+                       "learn_settings": settings, "provenance": provenance()}
+            write_json(tmp / "results.json", summary)
+            run.log_artifact(tmp / "results.json")
+        diag = out / diag_name
     return GraftResult(spec.name, str(out), _strip_all(results), _strip_all(reference), space.numel, head_params,
                        run.run_id, time.perf_counter() - t_start, {"reliability_diagram": str(diag)})
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -130,7 +130,7 @@ def load_backbone(path: str, model_type: str) -> nn.Module:
                 raise MtgraftError(f"type 'prompt' needs a masked LM, but '{path}' ({config.model_type}) has none")
             model = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
             model, info = model
-            lm_head_missing = [k for k in info.get("missing_keys", []) if "embed" not in k]
+            lm_head_missing = sorted(k for k in info.get("missing_keys", []) if "embed" not in k)
             if not any("MaskedLM" in a or "ForPreTraining" in a for a in archs) and lm_head_missing:
                 raise MtgraftError(
                     f"type 'prompt' needs a masked LM head, but '{path}' has none (it would be newly initialised: "
@@ -340,6 +340,9 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         raise MtgraftError(f"'{p}' is not an mtgraft checkpoint (no {CHECKPOINT_META}); train one with 'mtgraft train'")
     try:
         return CheckpointMeta.model_validate_json(f.read_text())
+    except ValidationError as e:  # name what is wrong, not pydantic's "1 validation error for ..."
+        detail = "; ".join((".".join(map(str, x["loc"])) + ": " if x["loc"] else "") + x["msg"] for x in e.errors()[:3])
+        raise MtgraftError(f"corrupt checkpoint metadata {f}: {detail}") from None
     except ValueError as e:
         raise MtgraftError(f"corrupt checkpoint metadata {f}: {str(e).splitlines()[0]}") from None
 

@@ -9,7 +9,9 @@ runs the same rows and writes the table in ``docs/errors.md`` from what a user r
 from __future__ import annotations
 
 import errno
+import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -116,12 +118,16 @@ def build_env(root: Path, mlflow_db: Path | None = None) -> Env:
     weights = bad_ck / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     files["truncated_ck"] = str(bad_ck)
+    bad_meta = root / "ck_bad_meta"
+    shutil.copytree(ck, bad_meta, ignore=shutil.ignore_patterns("*.safetensors"))
+    (bad_meta / "mtgraft.json").write_text('{"format": "mtgraft.checkpoint", "model_type": ')
+    files["bad_meta_ck"] = str(bad_meta)
     cut = root / "truncated.skillpatch.safetensors"
     data = Path(patch).read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     files["truncated_patch"] = str(cut)
     junk = root / "random.safetensors"
-    junk.write_bytes(os.urandom(4096))
+    junk.write_bytes(random.Random(0).randbytes(4096))  # seeded: the same message every run
     files["random_bytes"] = str(junk)
     blocker = root / "a_file.txt"
     blocker.write_text("not a folder\n")
@@ -149,7 +155,8 @@ def build_env(root: Path, mlflow_db: Path | None = None) -> Env:
 
 
 def disk_full(mp: pytest.MonkeyPatch, target: str) -> None:
-    """Make the safetensors writer ``target`` (``module.attr``) write half its bytes, then fail with ENOSPC."""
+    """Make the safetensors ``save_file`` at ``target`` (``module.attr``) write half its bytes, then fail
+    with ENOSPC, as a full disk does mid-write."""
     import safetensors.torch as st
 
     def full(tensors: dict[str, Any], filename: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
@@ -158,12 +165,12 @@ def disk_full(mp: pytest.MonkeyPatch, target: str) -> None:
             f.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, DISK_FULL)
 
-    mod, attr = target.rsplit(".", 1)
-    mp.setattr(f"{mod}.{attr}", full)
+    mp.setattr(target, full)
 
 
 def disk_full_bytes(mp: pytest.MonkeyPatch) -> None:
-    """Make ``atomic_file`` writers (SkillPatch.save, JSON) fail with ENOSPC after writing some bytes."""
+    """Make ``atomic_file`` writers (SkillPatch.save, JSON) fail with ENOSPC when the written bytes are
+    flushed to disk (``os.fsync``), as a full disk does."""
     import mtgraft.utils as u
 
     def fsync(fd: int) -> None:
@@ -191,7 +198,8 @@ class Case:
     args: Callable[[Env], list[str]]
     expect: str  # regex searched in the error line
     setup: Callable[[Env, pytest.MonkeyPatch], None] | None = None
-    registry: bool = False  # the command may register patches: check no new version appears
+    needs_model: bool = False  # may load a model first (else: found before any model is loaded)
+    late: bool = False  # can only happen while results are written (else: before any training/grafting)
 
 
 def _train(e: Env, cid: str, *extra: str) -> list[str]:
@@ -211,13 +219,13 @@ CASES: list[Case] = [
          r"unknown task 'rotten_tomatos'; did you mean 'rotten_tomatoes'"),
     Case("train-prompt-no-mlm", "train", "`--type prompt` on a model without a masked-LM head (the embedded minilm)",
          lambda e: _train(e, "train-prompt-no-mlm", "--type", "prompt", "--model", "minilm"),
-         r"type 'prompt' needs a masked LM head, but .* has none"),
+         r"type 'prompt' needs a masked LM head, but .* has none", needs_model=True),
     Case("train-k-too-large", "train", "K larger than half the smallest class (K train + K dev per class)",
          lambda e: _train(e, "train-k-too-large", "--k", "500"),
-         r"k=500 per class needs 1000 examples of class .* \(largest possible k: 4\)"),
+         r"k=500 per class needs 1000 examples of class 'negative' .* but it has 6 \(largest possible k: 3\)"),
     Case("train-bad-k", "train", "K that is not a positive integer or 'all'",
          lambda e: _train(e, "train-bad-k", "--k", "0"),
-         r"invalid options: k: .*k must be a positive integer or 'all'"),
+         r"invalid options: k: k must be a positive integer or 'all'"),
     Case("train-negative-lr", "train", "a negative learning rate",
          lambda e: _train(e, "train-negative-lr", "--lr", "-1"), r"invalid options: lr: .*greater than 0"),
     Case("train-missing-csv", "train", "a task YAML whose data file does not exist",
@@ -251,22 +259,26 @@ CASES: list[Case] = [
     Case("train-config-missing", "train", "a `--config` file that does not exist",
          lambda e: ["train", "--config", str(e.root / "nope.yaml"), "--out", str(e.out("train-config-missing"))],
          r"config file not found: .*nope\.yaml"),
+    Case("train-unknown-device", "train", "an unknown `--device`",
+         lambda e: _train(e, "train-unknown-device", "--device", "tpu"), r"unknown device 'tpu' \(use auto, cpu or cuda\)"),
     Case("train-tracking-unreachable", "train", "an unreachable MLflow tracking server",
          lambda e: _train(e, "train-tracking-unreachable", "--tracking-uri", f"http://127.0.0.1:{e.closed_port}"),
-         r"cannot reach the MLflow tracking server at http://127\.0\.0\.1:\d+: .*[Cc]onnection refused"),
+         r"cannot reach the MLflow tracking server at http://127\.0\.0\.1:\d+: .*[Cc]onnection refused",
+         needs_model=True),
     Case("train-disk-full", "train", "the disk fills up while the checkpoint is written (simulated)",
-         lambda e: _train(e, "train-disk-full"),
+         lambda e: _train(e, "train-disk-full", "--json"),
          r"cannot write '.*train-disk-full': No space left on device",
-         setup=lambda e, mp: disk_full(mp, "mtgraft.models.save_file")),
+         setup=lambda e, mp: disk_full(mp, "mtgraft.models.save_file"), late=True),
     # --- graft -------------------------------------------------------------------------------------------
     Case("graft-sparsity-zero", "graft", "sparsity ≤ 0",
-         lambda e: _graft(e, "graft-sparsity-zero", "--sparsity", "0"), r"sparsity must be in \(0, 1\], got 0"),
+         lambda e: _graft(e, "graft-sparsity-zero", "--sparsity", "0"), r"invalid options: sparsity: sparsity must be in \(0, 1\], got 0"),
     Case("graft-sparsity-above-one", "graft", "sparsity > 1",
          lambda e: _graft(e, "graft-sparsity-above-one", "--sparsity", "1.5"),
          r"sparsity must be in \(0, 1\], got 1\.5"),
     Case("graft-sparsity-empty-region", "graft", "a sparsity so small that the region is empty (k = 0)",
          lambda e: _graft(e, "graft-sparsity-empty-region", "--sparsity", "1e-9"),
-         r"sparsity 1e-09 of [\d,]+ graftable parameters is an empty region \(k = 0\); use at least"),
+         r"sparsity 1e-09 of [\d,]+ graftable parameters is an empty region \(k = 0\); use at least",
+         needs_model=True),
     Case("graft-wrong-task", "graft", "a checkpoint fine-tuned on another task than `--task`",
          lambda e: _graft(e, "graft-wrong-task", "--task", e.topic),
          r"the checkpoint was trained on \[example_local\], not on task 'tiny_topic'"),
@@ -275,27 +287,31 @@ CASES: list[Case] = [
          r"the checkpoint was trained on \[example_local, tiny_topic\], not on task 'rotten_tomatoes'"),
     Case("graft-truncated-checkpoint", "graft", "a truncated checkpoint (weights file cut short)",
          lambda e: _graft(e, "graft-truncated-checkpoint", "--finetuned", e.files["truncated_ck"]),
-         r"corrupt or incomplete checkpoint .*ck_truncated"),
+         r"corrupt or incomplete checkpoint .*ck_truncated: .*incomplete metadata", needs_model=True),
+    Case("graft-corrupt-checkpoint-meta", "graft", "a checkpoint whose metadata file (mtgraft.json) is cut short",
+         lambda e: _graft(e, "graft-corrupt-checkpoint-meta", "--finetuned", e.files["bad_meta_ck"]),
+         r"corrupt checkpoint metadata .*ck_bad_meta/mtgraft\.json: Invalid JSON: EOF while parsing"),
     Case("graft-not-a-checkpoint", "graft", "`--finetuned` is a plain model folder, not an mtgraft checkpoint",
          lambda e: _graft(e, "graft-not-a-checkpoint", "--finetuned", e.model),
          r"'.*tiny' is not an mtgraft checkpoint \(no mtgraft\.json\)"),
     Case("graft-other-pretrained", "graft", "`--pretrained` is not the model the checkpoint was fine-tuned from",
          lambda e: _graft(e, "graft-other-pretrained", "--pretrained", e.other_model),
-         r"pretrained model '.*tiny_other' is not the one checkpoint .* was fine-tuned from"),
+         r"pretrained model '.*tiny_other' is not the one checkpoint .* was fine-tuned from",
+         needs_model=True),
     Case("graft-unknown-method", "graft", "an unknown `--method`",
          lambda e: _graft(e, "graft-unknown-method", "--method", "graft,magic"),
-         r"unknown method 'magic' \(available: graft, topk"),
+         r"unknown method 'magic' \(available: .*graft"),
     Case("graft-incompatible-eval-tasks", "graft", "`--eval-tasks` with a different label space (transfer)",
          lambda e: _graft(e, "graft-incompatible-eval-tasks", "--eval-tasks", e.topic),
          r"cannot evaluate 'example_local' on 'tiny_topic': label spaces differ"),
     Case("graft-tracking-unreachable", "graft", "an unreachable MLflow tracking server (patches to register)",
          lambda e: [*_graft(e, "graft-tracking-unreachable", "--tracking-uri",
                             f"http://127.0.0.1:{e.closed_port}"), "--register"],
-         r"cannot reach the MLflow tracking server at http://127\.0\.0\.1:\d+", registry=True),
+         r"cannot reach the MLflow tracking server at http://127\.0\.0\.1:\d+"),
     Case("graft-disk-full", "graft", "the disk fills up while a SkillPatch is written (simulated)",
-         lambda e: [*_graft(e, "graft-disk-full"), "--register"],
-         r"cannot write '.*graft-disk-full.*': No space left on device",
-         setup=lambda e, mp: disk_full_bytes(mp), registry=True),
+         lambda e: [*_graft(e, "graft-disk-full"), "--register", "--json"],
+         r"cannot write '.*graft-disk-full': No space left on device",
+         setup=lambda e, mp: disk_full_bytes(mp), late=True),
     # --- eval --------------------------------------------------------------------------------------------
     Case("eval-model-and-patch", "eval", "both `--model` and `--patch`",
          lambda e: ["eval", "--model", e.ck, "--patch", e.patch, "--out", str(e.out("eval-model-and-patch"))],
@@ -306,16 +322,22 @@ CASES: list[Case] = [
          lambda e: ["eval", "--model", e.ck, "--task", e.topic, "--out", str(e.out("eval-wrong-task"))],
          r"the checkpoint was trained on \[example_local\], not on task 'tiny_topic'"),
     Case("eval-incompatible-eval-tasks", "eval", "`--eval-tasks` with a different label space (transfer)",
-         lambda e: ["eval", "--model", e.ck, "--eval-tasks", e.topic, "--out",
+         lambda e: ["eval", "--model", e.ck, "--task", e.task, "--eval-tasks", e.topic, "--out",
                     str(e.out("eval-incompatible-eval-tasks"))],
          r"cannot evaluate 'example_local' on 'tiny_topic': label spaces differ"),
     Case("eval-patch-wrong-task", "eval", "a patch evaluated on a task it was not grafted for",
          lambda e: ["eval", "--patch", e.patch, "--task", e.topic, "--out", str(e.out("eval-patch-wrong-task"))],
-         r"is for task\(s\) \['example_local'\], not '.*tiny_topic\.yaml'"),
+         r"is for task\(s\) \['example_local'\], not 'tiny_topic'"),
+    Case("eval-local-task-unrecorded", "eval", "a checkpoint of a local task whose YAML it does not record, "
+         "without `--task`",
+         lambda e: ["eval", "--model", e.ck, "--out", str(e.out("eval-local-task-unrecorded"))],
+         r"checkpoint .*ck is for the local task 'example_local', whose task YAML is not recorded or no longer "
+         r"exists: give --task PATH\.yaml"),
     # --- patch -------------------------------------------------------------------------------------------
     Case("patch-apply-other-base", "patch apply", "a patch applied to another base model",
          lambda e: ["patch", "apply", e.patch, "--to", e.other_model, "--out", str(e.out("patch-apply-other-base"))],
-         r"base"),
+         r"base model '.*tiny_other' has content hash sha256:\w+…, but the patches were made for .*tiny "
+         r"\(sha256:\w+…\) — refusing to apply", needs_model=True),
     Case("patch-info-random-bytes", "patch info", "a file that is not a SkillPatch (random bytes)",
          lambda e: ["patch", "info", e.files["random_bytes"]], r"is not a readable SkillPatch"),
     Case("patch-apply-truncated", "patch apply", "a truncated SkillPatch file",
@@ -324,7 +346,7 @@ CASES: list[Case] = [
     Case("patch-apply-disk-full", "patch apply", "the disk fills up while the grafted model is written (simulated)",
          lambda e: ["patch", "apply", e.patch, "--out", str(e.out("patch-apply-disk-full"))],
          r"cannot write '.*patch-apply-disk-full': No space left on device",
-         setup=lambda e, mp: disk_full(mp, "mtgraft.models.save_file")),
+         setup=lambda e, mp: disk_full(mp, "mtgraft.models.save_file"), late=True),
     Case("patch-stitch-one", "patch stitch", "stitching a single patch",
          lambda e: ["patch", "stitch", e.patch, "--out", str(e.out("patch-stitch-one"))],
          r"stitch needs at least two patches"),
@@ -332,6 +354,9 @@ CASES: list[Case] = [
     Case("masks-show-unknown", "masks show", "a registry reference that does not exist",
          lambda e: ["masks", "show", "no_such_mask@best", "--tracking-uri", e.db_uri],
          r"unknown registered model 'no_such_mask'"),
+    Case("masks-list-unreachable", "masks list", "an unreachable MLflow tracking server",
+         lambda e: ["masks", "list", "--tracking-uri", f"http://127.0.0.1:{e.closed_port}"],
+         r"cannot reach the MLflow tracking server at http://127\.0\.0\.1:\d+"),
     # --- train-multitask / continual-graft ---------------------------------------------------------------
     Case("multitask-task-twice", "train-multitask", "a task listed twice",
          lambda e: ["train-multitask", "--tasks", f"{e.task},{e.task}", "--model", e.model, "--out",
@@ -348,7 +373,7 @@ CASES: list[Case] = [
          r"invalid study \(.*study_unknown_key\.yaml\): trian: unknown key"),
     Case("overlap-report-one-patch", "overlap-report", "a single patch (an overlap needs two)",
          lambda e: ["overlap-report", e.patch, "--no-track", "--out", str(e.out("overlap-report-one-patch"))],
-         r"two"),
+         r"an overlap report needs at least two tasks' patches, got 1"),
     Case("tasks-show-unknown", "tasks show", "an unknown task name",
          lambda e: ["tasks", "show", "imbd", "--no-fetch"], r"unknown task 'imbd'; did you mean 'imdb'"),
     Case("data-fetch-hub-offline", "data fetch", "fetching a hub task with no network",
@@ -405,6 +430,28 @@ def isolate(root: Path, mp: pytest.MonkeyPatch, cwd: Path) -> None:
         pass
 
 
+class WorkStarted(Exception):
+    """Raised by the guards: the command started work that a mistake should have prevented."""
+
+
+def guard(mp: pytest.MonkeyPatch, case: Case) -> None:
+    """Fail the row if training, graft data encoding or (unless ``needs_model``) model loading starts."""
+    if case.late:
+        return
+
+    def stop(what: str) -> Callable[..., Any]:
+        def blocked(*a: Any, **k: Any) -> Any:
+            raise WorkStarted(f"{what} started before the mistake was reported")
+        return blocked
+
+    for target in ("mtgraft.training.train_loop", "mtgraft.training.multitask.train_loop"):
+        mp.setattr(target, stop("training"))
+    for target in ("mtgraft.grafting.encode_examples", "mtgraft.evaluation.runner.encode_examples"):
+        mp.setattr(target, stop("data encoding"))
+    if not case.needs_model:
+        mp.setattr("mtgraft.models.load_backbone", stop("model loading"))
+
+
 def run_case(env: Env, case: Case) -> Outcome:
     """Run one row through the real CLI (in-process) and collect what the user saw."""
     from typer.testing import CliRunner
@@ -416,6 +463,7 @@ def run_case(env: Env, case: Case) -> Outcome:
     with pytest.MonkeyPatch.context() as mp:
         isolate(env.root, mp, env.root / "cwd" / case.id)
         before = registered_versions(env.db_uri)
+        guard(mp, case)
         if case.setup:
             case.setup(env, mp)
         res = CliRunner().invoke(appmod.app, case.args(env))
@@ -440,11 +488,38 @@ def env(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> I
         yield build_env(root, mlflow_db_template)
 
 
+def test_registry_check_sees_a_registration(env: Env) -> None:
+    """Positive control: the same graft with valid input registers a version the count sees, and writes its
+    folder in place (so the rows' 'nothing left behind' and 'no new version' checks are not vacuous)."""
+    from typer.testing import CliRunner
+
+    import cli.app as appmod
+
+    appmod._register()
+    out = env.out("control-graft")
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(env.root, mp, env.root / "cwd" / "control")
+        before = registered_versions(env.db_uri)
+        res = CliRunner().invoke(appmod.app, [*_graft(env, "control-graft"), "--register", "--json"])
+    assert res.exit_code == 0, res.output
+    assert registered_versions(env.db_uri) == before + 1
+    patch = Path(json.loads(res.stdout)["results"][0]["patch"])
+    assert patch.parent == out and patch.is_file() and (out / "results.json").is_file()
+    assert leftovers(out) == [str(out)]  # the folder itself, no temporary sibling
+
+
 def test_at_least_twenty_distinct_mistakes() -> None:
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)) and len(CASES) >= 20
     commands = {c.command.split()[0] for c in CASES}
     assert {"train", "graft", "eval", "patch", "masks", "train-multitask", "run"} <= commands
+
+
+def test_docs_table_lists_every_row() -> None:
+    """docs/errors.md is generated from these rows: regenerate it (scripts/gen_error_table.py) when they change."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+    listed = re.findall(r"\| `([a-z0-9-]+)` \|$", doc, flags=re.M)
+    assert listed == [c.id for c in CASES]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -172,6 +172,17 @@ def test_summary_says_when_everything_is_chance():
     assert out["graph"].number_of_edges() == 0
 
 
+def test_summary_names_a_common_core():
+    tbl = [("backbone.encoder.layer.0.intermediate.dense.weight", [100, 100])]
+    core = np.arange(30)
+    ps = [make_patch(t, np.r_[core, 1000 * (k + 1):1000 * (k + 1) + 70], table=tbl) for k, t in enumerate("abc")]
+    out = analyse(ps)
+    assert all(r["verdict"] == "beyond_chance" for r in out["pairs"])
+    assert out["summary"]["core_size"] == 30
+    assert any("Every pair, similar or not, shares more than chance; 30 entries lie in all 3 regions" in s
+               for s in out["summary"]["sentences"])
+
+
 def test_pair_records_bonferroni():
     from mtgraft.analysis.overlap import overlap_matrices
 
@@ -314,6 +325,14 @@ def test_select_patches_from_registry(four, tmp_path, mlflow_local_uri):
     assert got[1].region_size == 20  # the newest version
     every = select_patches_from_registry(None, "tiny-bert", "latest", mlflow_local_uri, tmp_path / "all")
     assert sorted(SkillPatch.load(p).header.task for p in every) == ["movie_polarity", "rotten_tomatoes"]
+    # only versions made by 'graft': the newest topk version of rotten_tomatoes is skipped
+    topk = make_patch("rotten_tomatoes", np.arange(150, 160), method="topk")
+    reg.register_patch(topk.save(tmp_path / "rt3.skillpatch.safetensors"))
+    (latest,) = select_patches_from_registry(["rotten_tomatoes"], None, "latest", mlflow_local_uri, tmp_path / "m1")
+    assert SkillPatch.load(latest).header.method == "topk"
+    (g,) = select_patches_from_registry(["rotten_tomatoes"], None, "latest", mlflow_local_uri, tmp_path / "m2",
+                                        method="graft")
+    assert SkillPatch.load(g).region_size == 20
     with pytest.raises(MtgraftError, match="no registered patch of task 'hedge'"):
         select_patches_from_registry(["hedge"], None, "latest", mlflow_local_uri, tmp_path / "x")
     with pytest.raises(MtgraftError, match="no alias 'nope'"):

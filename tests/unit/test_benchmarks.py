@@ -1,0 +1,114 @@
+"""Helpers of benchmarks/bench_train.py and benchmarks/bench_graft.py (no model, no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import resource
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench_graft = _load("bench_graft")
+bench_train = _load("bench_train")
+
+
+def test_throughput_skips_warmup():
+    stamps = [1.0, 2.0, 4.0, 6.0, 8.0]  # 2 warm-up steps, then 3 steps in 6 s
+    assert bench_train.throughput(stamps, 2, 8) == pytest.approx(3 * 8 / 6.0)
+    with pytest.raises(ValueError):
+        bench_train.throughput(stamps, 0, 8)
+    with pytest.raises(ValueError):
+        bench_train.throughput(stamps[:2], 2, 8)
+
+
+def test_token_rate_counts_timed_steps_only():
+    stamps = [(0.0, 0.0, 100), (1.0, 1.0, 300), (3.0, 2.0, 700)]
+    assert bench_train.token_rate(stamps, 1) == pytest.approx((700 - 100) / 3.0)
+
+
+def test_run_measured_reports_child_peak_memory():
+    # a child's ru_maxrss starts at the parent's peak (fork), so allocate well above this test process's
+    mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + 64
+    code = (f"b = bytearray({mib} * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); "
+            "print('{\"ok\": 1}')")
+    r = bench_graft.run_measured([sys.executable, "-c", code])
+    assert r["rc"] == 0
+    assert r["peak_rss_mib"] >= mib
+    assert bench_graft._json(r["stdout"]) == {"ok": 1}
+    small = bench_graft.run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+    assert small["rc"] == 3
+    assert small["peak_rss_mib"] < r["peak_rss_mib"]
+
+
+def test_bench_graft_parent_stays_small():
+    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import bench_graft; "
+            "print(sorted(m for m in ('torch', 'mtgraft', 'transformers') if m in sys.modules))")
+    r = bench_graft.run_measured([sys.executable, "-c", code])
+    assert r["rc"] == 0, r["stderr_tail"]
+    assert r["stdout"].strip() == "[]"
+
+
+def test_patch_file_stats_reads_safetensors_header(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "p.safetensors"
+    save_file({"idx/a": torch.arange(10, dtype=torch.int32), "val/a": torch.zeros(10),
+               "head/h.weight": torch.zeros(6)}, path, metadata={"x": "y"})
+    st = bench_graft.patch_file_stats(path, 10)
+    assert st["head_bytes"] == 24
+    assert st["region_bytes"] == 80  # int32 index + float32 value per entry
+    assert st["bytes_per_grafted_param"] == pytest.approx(8.0)
+    assert st["header_bytes"] + st["head_bytes"] + st["region_bytes"] == path.stat().st_size
+
+
+def test_cli_options_and_variant_settings():
+    assert bench_graft.cli_options({"lr": 1e7, "updates": 20, "step_rule": "gd"}) == [
+        "--lr", "1e+07", "--updates", "20", "--step-rule", "gd"]
+    recipes = {"paper": {"candidates": None, "budget": "free", "updates": 100},
+               "fast": {"candidates": 10, "budget": "strict", "updates": 20}}
+    v = {"recipe": "paper", "options": {"budget": "strict", "updates": 10}}
+    assert bench_graft.variant_settings(v, recipes) == {"candidates": None, "budget": "strict", "updates": 10}
+    # every variant that wants all entries as candidates must start from a recipe without a candidate cap
+    for name, var in bench_graft.VARIANTS.items():
+        if "call" in name:
+            assert var["recipe"] == "paper" and "candidates" not in var["options"]
+
+
+def _row(variant, s, rel, seconds, peak=1000.0, budget="strict", region=100):
+    return {"variant": variant, "sparsity": s, "rel": rel, "seconds": seconds, "peak_rss_mib": peak,
+            "region_size": region, "wall_s": seconds + 10, "learn_settings": {"budget": budget}}
+
+
+def test_goals_choose_the_best_variant_that_meets_goal_a():
+    rows = [_row("paper", 1e-3, 0.80, 100.0, budget="free", region=400),
+            _row("slow-good", 1e-3, 0.85, 50.0),  # too slow (> a fifth)
+            _row("fast-ok", 1e-3, 0.795, 10.0),  # within 0.01, a tenth of the time
+            _row("fast-better", 1e-3, 0.81, 20.0),  # exactly a fifth: allowed
+            _row("fast-bad", 1e-3, 0.70, 5.0)]
+    g = bench_graft.goals(rows, {}, default="fast-ok")
+    assert g["choice"]["variant"] == "fast-better"
+    assert g["choice"]["meets_goal_a"] is True
+    assert g["a"]["slow-good@0.001"]["time_ok"] is False
+    assert g["a"]["fast-bad@0.001"]["rel_ok"] is False
+    assert g["a"]["fast-ok@0.001"]["time_fraction"] == pytest.approx(0.1)
+
+
+def test_goals_b_compares_graft_with_finetuning():
+    rows = [_row("paper", 1e-3, 0.8, 100.0), _row("fast", 1e-3, 0.8, 10.0, peak=1300.0)]
+    ft = {"wall_s": 30.0, "train_seconds": 25.0, "peak_rss_mib": 1000.0}
+    b = bench_graft.goals(rows, ft)["b"]["0.001"]
+    assert b["wall_ratio"] == pytest.approx(20.0 / 30.0)
+    assert b["time_ok"] is True
+    assert b["peak_ok"] is False  # 1.3x > 1.2x
