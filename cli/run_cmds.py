@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from cli.app import app
@@ -14,17 +12,15 @@ from cli.common import console, handle_errors, print_json
 @handle_errors
 def run_cmd(
     study: str = typer.Argument(..., help="Study YAML (see experiments/)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default: the study's 'out' or runs/<name>)."),
+    out: str | None = typer.Option(None, "--out", help="Output folder (default: the study's 'out' or runs/<name>)."),
     restart: bool = typer.Option(False, "--restart", help="Ignore finished stages and run everything again."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a study key: --set model=DIR, "
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a study key: --set model=DIR, "
                                              "--set train.max_steps=50 (YAML values; repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the study summary as one JSON object."),
 ) -> None:
     """Run a study: every stage is an MLflow run; finished stages are skipped when rerun (resumable)."""
-    from mtgraft.study import Study, load_study
-
-    from mtgraft.study import parse_overrides
+    from mtgraft.study import Study, load_study, parse_overrides
 
     over = parse_overrides(set_ or [])
     if tracking_uri:

@@ -148,8 +148,9 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
         data = dict(meta.data)
         extra = meta.model_extra or {}
         if meta.mode == "grafted":
-            finetuned_path = finetuned_path or (extra.get("patch") or {}).get("finetuned") or \
-                (meta.metrics.get("finetuned") if isinstance(meta.metrics.get("finetuned"), str) else None)
+            applied = extra.get("patches") or []
+            if finetuned_path is None and len(applied) == 1:
+                finetuned_path = applied[0].get("finetuned")
             recorded_ref = meta.metrics.get("reference", {})
         elif finetuned_path is None:
             finetuned_path = str(cfg.model)  # a fine-tuned checkpoint is its own reference

@@ -31,7 +31,8 @@ def _run(args, tmp_path):
 @pytest.mark.integration
 @pytest.mark.parametrize("study, extra", [
     ("single_task.yaml", ["tasks=[rotten_tomatoes,movie_polarity]", "graft.sparsity=[1e-3,1e-2]"]),
-    ("multitask_overlap.yaml", ["tasks=[rotten_tomatoes,movie_polarity,hedge]", "report.max_test=12"]),
+    ("multitask_overlap.yaml", ["tasks=[rotten_tomatoes,movie_polarity,hedge]", "report.max_test=12",
+                                "report.unions=[[rotten_tomatoes,movie_polarity]]"]),
     ("continual.yaml", ["tasks=[hedge,rotten_tomatoes]", "continual.updates=2"]),
 ])
 def test_study_smoke_and_resume(tiny, tmp_path, monkeypatch, study, extra):

@@ -508,6 +508,31 @@ def test_registry_check_sees_a_registration(env: Env) -> None:
     assert leftovers(out) == [str(out)]  # the folder itself, no temporary sibling
 
 
+def test_eval_finds_the_recorded_task_and_still_runs(env: Env) -> None:
+    """Positive control of the early checks in eval: valid input evaluates (checkpoint whose meta records
+    its task YAML, without --task; a patch with --task)."""
+    from typer.testing import CliRunner
+
+    import cli.app as appmod
+
+    appmod._register()
+    ck = env.root / "ck_recorded"
+    if not ck.exists():
+        shutil.copytree(env.ck, ck)
+        meta = json.loads((ck / "mtgraft.json").read_text())
+        meta["train_config"] = {"task": env.task}
+        (ck / "mtgraft.json").write_text(json.dumps(meta))
+    runs = {"model": ["eval", "--model", str(ck)], "patch": ["eval", "--patch", env.patch, "--task", env.task]}
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(env.root, mp, env.root / "cwd" / "eval-ok")
+        for name, args in runs.items():
+            res = CliRunner().invoke(appmod.app, [*args, "--out", str(env.out(f"eval-ok-{name}")), "--json"])
+            assert res.exit_code == 0, res.output
+            rep = json.loads(res.stdout)
+            assert rep["task"] == "example_local" and 0.0 <= rep["test"]["accuracy"] <= 1.0
+            assert rep["test"]["n"] > 0 and Path(rep["out"], "eval.json").is_file()
+
+
 def test_at_least_twenty_distinct_mistakes() -> None:
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)) and len(CASES) >= 20
