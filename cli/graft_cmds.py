@@ -68,6 +68,7 @@ def graft_cmd(
     eval_tasks: str | None = typer.Option(None, "--eval-tasks", help="Comma list of tasks with the same labels for OOD evaluation.", rich_help_panel=DATA),
     save_baselines: bool = typer.Option(False, "--save-baselines", help="Also write (and register) SkillPatches of the baselines.", rich_help_panel=OUT),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its periodic state (<out>.resume/).", rich_help_panel=OUT),
     out: str | None = typer.Option(None, "--out", help="Output folder (default runs/graft/<task>-<time>).", rich_help_panel=OUT),
     do_register: bool = typer.Option(True, "--register/--no-register", help="Register each SkillPatch in the MLflow mask registry.", rich_help_panel=OUT),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI.", rich_help_panel=OUT),

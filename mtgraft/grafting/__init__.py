@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 
 from mtgraft.config import BaseConfig, parse_k
 from mtgraft.errors import MtgraftError
-from mtgraft.grafting.methods import METHODS, SelectContext, get_method
+from mtgraft.grafting.methods import METHODS, SelectContext, Selection, get_method
 from mtgraft.grafting.space import GraftSpace, budget_k, topk_indices
 from mtgraft.models import (
     CheckpointMeta,
@@ -33,8 +33,8 @@ __all__ = ["GraftConfig", "GraftSpace", "METHODS", "RECIPES", "budget_k", "run_g
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"updates": 100, "lr": 1e7, "sigmoid_bias": 10.0, "examples_per_update": 1024, "batch_size": 8,
               "budget": "free", "candidates": None, "patience": None, "step_rule": "gd"},
-    "fast": {"updates": 20, "lr": 1e7, "sigmoid_bias": 10.0, "examples_per_update": 1024, "batch_size": 8,
-             "budget": "strict", "candidates": 10, "patience": 5, "step_rule": "gd"},
+    "fast": {"updates": 10, "lr": 1e8, "sigmoid_bias": 10.0, "examples_per_update": 1024, "batch_size": 8,
+             "budget": "strict", "candidates": 10, "patience": 2, "step_rule": "gd"},
 }
 DEFAULT_METHODS = ["graft", "topk", "random", "bias-only"]
 
@@ -71,6 +71,7 @@ class GraftConfig(BaseConfig):
     do_register: bool = True
     tracking_uri: str | None = None
     track: bool = True
+    resume: bool = False
 
     @field_validator("sparsity", "method", "eval_tasks", mode="before")
     @classmethod
@@ -276,6 +277,11 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
         run.log_config(conf)
         run.log_metrics({"pretrained": pre_m, "finetuned": ft_m}, prefix="test/")
         written: list[tuple[dict[str, Any], Path]] = []
+        from mtgraft.resume import ResumeState
+
+        resumer = ResumeState(out)  # periodic mask-learning state: a killed run continues with --resume
+        resume_conf = {"task": spec.name, "finetuned": str(Path(cfg.finetuned).resolve()), "seed": cfg.seed,
+                       "settings": settings, "data": dcfg, "sparsity": cfg.sparsity, "method": cfg.method}
         with atomic_dir(out) as tmp:  # files go to a temporary sibling: nothing is left if a step fails
             for s in cfg.sparsity:
                 k = ks[s]
@@ -290,9 +296,19 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
                             run.log_metrics({f"graft_s{_s:g}/{k_}": v for k_, v in h.items() if k_ != "update"},
                                             step=step)
 
-                        ctx = SelectContext(space, k, enc["train"], enc["dev"], settings, cfg.seed,
-                                            progress=prog if method.learned else None)
-                        sel = method.select(ctx)
+                        key = f"{safe_name(mname)}-s{s:g}"
+                        done = resumer.load(f"selection-{key}", resume_conf) if cfg.resume else None
+                        if done is not None:
+                            sel = Selection(done["indices"], done["info"])
+                        else:
+                            ctx = SelectContext(
+                                space, k, enc["train"], enc["dev"], settings, cfg.seed,
+                                progress=prog if method.learned else None,
+                                state=resumer.load(f"learn-{key}", resume_conf) if cfg.resume else None,
+                                checkpoint=(lambda st, _k=key: resumer.save(f"learn-{_k}", st, resume_conf))
+                                if method.learned else None)
+                            sel = method.select(ctx)
+                            resumer.save(f"selection-{key}", {"indices": sel.indices, "info": sel.info}, resume_conf)
                         upd(settings["updates"] if method.learned else 1)
                     seconds = time.perf_counter() - t0
                     idx = sel.indices
@@ -348,6 +364,7 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
             write_json(tmp / "results.json", summary)
             run.log_artifact(tmp / "results.json")
         diag = out / diag_name
+    resumer.clear()
     return GraftResult(spec.name, str(out), _strip_all(results), _strip_all(reference), space.numel, head_params,
                        run.run_id, time.perf_counter() - t_start, {"reliability_diagram": str(diag)})
 
