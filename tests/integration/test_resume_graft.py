@@ -28,7 +28,7 @@ def ck(tmp_path_factory):
 
 def _graft_cmd(ck: str, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cli", "graft", "--task", example_task_yaml(), "--finetuned", ck,
-            "--sparsity", "0.01", "--method", "graft,random", "--recipe", "paper", "--updates", "60",
+            "--sparsity", "0.01", "--method", "graft,random", "--recipe", "paper", "--updates", "30",
             "--no-register", "--out", str(out), "--json", *extra]
 
 
@@ -77,7 +77,7 @@ def test_graft_kill_and_resume_is_bit_identical(ck, tmp_path):
     resumed = json.loads(res.stdout.strip().splitlines()[-1])
     assert _payload(resumed) == _payload(ref_json)
     hist = json.loads((out / "results.json").read_text())
-    assert hist["results"][0]["updates_run"] == 60
+    assert hist["results"][0]["updates_run"] == 30
     assert not (tmp_path / "killed.resume").exists()  # state removed once finished
 
 
