@@ -42,6 +42,7 @@ def train_cmd(
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (mixed precision).", rich_help_panel=MODEL),
     out: str | None = typer.Option(None, "--out", help="Checkpoint folder (default runs/train/<task>-<time>).", rich_help_panel=OUT),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db).", envvar=None, rich_help_panel=OUT),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its periodic state (<out>.resume/).", rich_help_panel=OUT),
     config: str | None = typer.Option(None, "--config", help="YAML file of these options (CLI options override).", rich_help_panel=OUT),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout.", rich_help_panel=OUT),
 ) -> None:

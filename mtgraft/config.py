@@ -131,4 +131,6 @@ class TrainConfig(DataConfig):
     precision: Precision = "fp32"
     out: str | None = None
     tracking_uri: str | None = None
+    resume: bool = False
+
 

@@ -324,7 +324,7 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
                on_eval: Callable[[EvalPoint], None] | None = None,
                keep_best: bool = True, checkpoint_hook: Callable[[int], None] | None = None,
                start_step: int = 0, state: dict[str, Any] | None = None,
-               dist: DistContext | None = None) -> LoopResult:
+               dist: DistContext | None = None, resumer: Any = None, resume: bool = False) -> LoopResult:
     """Optimise cross-entropy for ``max_steps``; evaluate ``dev_eval`` every ``eval_every`` steps.
 
     Keeps (in memory) the trainable tensors of the best dev score and loads them at the end.
@@ -339,6 +339,19 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
     if l1_to_pretrained > 0:
         pre = [p.detach().clone() for p in params]
     st = state or {}
+    if resumer is not None and resume:
+        saved = resumer[0].load(resumer[1], resumer[2])
+        if saved is not None:
+            from mtgraft.resume import set_rng_state
+
+            with torch.no_grad():
+                for (n, p) in trainable:
+                    p.copy_(saved["params"][n])
+            optimizer.load_state_dict(saved["optimizer"])
+            stream.load_state_dict(saved["stream"])
+            set_rng_state(saved["rng"])
+            st = saved
+            start_step = saved["step"]
     best_dev = st.get("best_dev", -math.inf)
     best_step = st.get("best_step", 0)
     best_state = st.get("best_state")
@@ -391,6 +404,14 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
                     best_state = {n: p.detach().to("cpu", copy=True) for n, p in trainable}
             if checkpoint_hook:
                 checkpoint_hook(step)
+            if resumer is not None and (dist is None or dist.is_main):
+                from mtgraft.resume import rng_state
+
+                resumer[0].save(resumer[1], {
+                    "step": step, "params": {n: p.detach().to("cpu", copy=True) for n, p in trainable},
+                    "optimizer": optimizer.state_dict(), "stream": stream.state_dict(), "rng": rng_state(),
+                    "best_dev": best_dev, "best_step": best_step, "best_state": best_state, "history": history,
+                    "seen": seen, "train_time": train_time}, resumer[2])
         if progress:
             progress(step, {"loss": last_loss, "best_dev": best_dev})
     if keep_best and best_state is not None:
@@ -518,10 +539,14 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
                 if step % 10 == 0 or step == cfg.max_steps:
                     upd(step, f"loss {f['loss']:.3f}  best dev acc {f['best_dev']:.3f}")
 
+            from mtgraft.resume import ResumeState
+
+            conf = {k: v for k, v in config.items() if k not in ("resume", "tracking_uri", "device", "max_steps")}
+            resumer = (ResumeState(out), "train", conf)  # periodic state at every evaluation: --resume continues
             res = train_loop(model, stream, dev_eval, optimizer=opt, max_steps=cfg.max_steps,
                              eval_every=cfg.eval_every, grad_clip=cfg.grad_clip, device=device,
                              precision=cfg.precision, l1_to_pretrained=cfg.l1_to_pretrained,
-                             progress=prog, on_eval=on_eval, dist=dist)
+                             progress=prog, on_eval=on_eval, dist=dist, resumer=resumer, resume=cfg.resume)
         dev_probs = predict_probs(model, enc_dev, 64, device, cfg.precision)
         test_probs = predict_probs(model, enc_test, 64, device, cfg.precision)
         dev_m = evaluate_probs(dev_probs, enc_dev.labels)
@@ -538,6 +563,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
         model.to("cpu")
         if dist.is_main:
             save_checkpoint(model, meta, out)
+            resumer[0].clear()
     dist.wait()
     return TrainResult(out, task.name, test_m, dev_m, res.best_step, res.steps, res.train_seconds,
                        res.examples_per_second, run.run_id, config, data)

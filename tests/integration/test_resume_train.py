@@ -1,0 +1,72 @@
+"""Crash safety of `mtgraft train`: SIGKILL mid-way, `--resume`, same metrics and checkpoint bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtgraft.testing import example_task_yaml, make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cmd(model: str, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cli", "train", "--task", example_task_yaml(), "--model", model, "--k", "2",
+            "--max-steps", "120", "--eval-every", "10", "--batch-size", "2", "--lr", "0.05", "--max-length", "32",
+            "--out", str(out), "--json", *extra]
+
+
+def _weights(ck: Path) -> dict[str, torch.Tensor]:
+    w = load_file(str(ck / "model.safetensors"))
+    w.update({f"head.{k}": v for k, v in load_file(str(ck / "task_heads.safetensors")).items()})
+    return w
+
+
+@pytest.mark.integration
+def test_train_kill_and_resume_is_bit_identical(tmp_path):
+    model = make_tiny_model("head", tmp_path / "tiny", seed=11)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(ROOT)}
+    ref = subprocess.run(_cmd(model, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    ref_json = json.loads(ref.stdout.strip().splitlines()[-1])
+
+    out = tmp_path / "killed"
+    state = tmp_path / "killed.resume" / "train.pt"
+    proc = subprocess.Popen(_cmd(model, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    killed_at = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file():
+            try:
+                step = torch.load(state, weights_only=False)["state"]["step"]
+            except Exception:
+                step = 0
+            if step >= 30:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_at is not None and killed_at < 120, "the run finished before it could be killed"
+    assert not out.exists()
+
+    res = subprocess.run(_cmd(model, out, "--resume"), env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["test"] == ref_json["test"] and got["dev"] == ref_json["dev"]
+    assert got["best_step"] == ref_json["best_step"]
+    a, b = _weights(tmp_path / "ref"), _weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not (tmp_path / "killed.resume").exists()
