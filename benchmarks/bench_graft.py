@@ -43,6 +43,9 @@ TRAIN_ARGS = ["--lr", "5e-2", "--batch-size", "8", "--max-steps", "300", "--eval
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"recipe": "paper", "options": {}},
     "fast": {"recipe": "fast", "options": {}},
+    # the base patch alone: no mask learning, so its child's cost is the fixed cost of every graft command
+    # (loading, test evaluation); its Rel is what the learned graft adds to
+    "topk": {"recipe": "fast", "method": "topk", "options": {}},
     # the fast recipe before this benchmark: the reference's step (gd, lr 1e7), 20 updates, patience 5
     "gd-lr1e7-u20-p5": {"recipe": "fast", "options": {"step_rule": "gd", "lr": 1e7, "updates": 20, "patience": 5}},
     "gd-lr1e8-u10-p2": {"recipe": "fast", "options": {"step_rule": "gd", "lr": 1e8, "updates": 10, "patience": 2}},
@@ -169,10 +172,10 @@ def finetune(args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[
 
 def graft_variant(args: argparse.Namespace, name: str, variant: dict[str, Any], sparsity: float, ck: str,
                   work: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Measure one ``mtgraft graft --method graft`` child for a variant at one sparsity."""
+    """Measure one ``mtgraft graft --method graft`` (or the variant's method) child at one sparsity."""
     out = work / f"graft-{name}-s{sparsity:g}"
     cmd = [sys.executable, "-m", "cli.app", "graft", "--task", args.task, "--finetuned", ck, "--sparsity",
-           f"{sparsity:g}", "--method", "graft", "--recipe", variant["recipe"], *cli_options(variant["options"]),
+           f"{sparsity:g}", "--method", variant.get("method", "graft"), "--recipe", variant["recipe"], *cli_options(variant["options"]),
            "--seed", str(args.seed), "--no-register", "--json", "--out", str(out)]
     r = run_measured(cmd, env, ROOT)
     if r["rc"] != 0:
@@ -181,7 +184,8 @@ def graft_variant(args: argparse.Namespace, name: str, variant: dict[str, Any], 
     e = res["results"][0]
     settings = json.loads((out / "results.json").read_text())["learn_settings"]
     row = {
-        "variant": name, "recipe": variant["recipe"], "options": variant["options"], "learn_settings": settings,
+        "variant": name, "method": variant.get("method", "graft"), "recipe": variant["recipe"],
+        "options": variant["options"], "learn_settings": settings,
         "sparsity": sparsity, "k": e["k"], "region_size": e["region_size"], "graftable_size": res["graftable_size"],
         "rel": e["test"]["rel"], "accuracy": e["test"]["accuracy"], "ece": e["test"]["ece"],
         "agreement": e["test"].get("agreement"), "seconds": e["seconds"], "updates_run": e.get("updates_run"),
@@ -194,6 +198,15 @@ def graft_variant(args: argparse.Namespace, name: str, variant: dict[str, Any], 
     return row
 
 
+def add_core_cpu(rows: list[dict[str, Any]]) -> None:
+    """``core_cpu_s``: a child's CPU seconds minus those of the top-k child at the same sparsity (the fixed
+    cost of loading and test evaluation), a load-insensitive estimate of the mask learning's own cost."""
+    base = {r["sparsity"]: r["cpu_s"] for r in rows if r["variant"] == "topk"}
+    for r in rows:
+        if r["sparsity"] in base and r["variant"] != "topk":
+            r["core_cpu_s"] = max(r["cpu_s"] - base[r["sparsity"]], 0.0)
+
+
 def goals(rows: list[dict[str, Any]], ft: dict[str, Any], default: str = "fast") -> dict[str, Any]:
     """Goal checks (a), (b), (c) and the choice among fast variants, from measured rows."""
     by = {(r["variant"], r["sparsity"]): r for r in rows}
@@ -202,7 +215,7 @@ def goals(rows: list[dict[str, Any]], ft: dict[str, Any], default: str = "fast")
     verdict: dict[str, dict[str, Any]] = {}
     for r in rows:
         p = by.get(("paper", r["sparsity"]))
-        if p is None or r["variant"] == "paper":
+        if p is None or r["variant"] in ("paper", "topk"):
             continue
         rel_ok = r["rel"] >= p["rel"] - REL_TOLERANCE
         time_ok = r["seconds"] <= TIME_FRACTION * p["seconds"]
@@ -215,6 +228,8 @@ def goals(rows: list[dict[str, Any]], ft: dict[str, Any], default: str = "fast")
             r["seconds"] / p["seconds"] if p["seconds"] else None, "peak_ratio": r["peak_rss_mib"] / p["peak_rss_mib"],
             "region_size": r["region_size"], "paper_region_size": p["region_size"], "rel_ok": rel_ok,
             "time_ok": time_ok}
+        if "core_cpu_s" in r and p.get("core_cpu_s"):
+            out["a"][f"{r['variant']}@{r['sparsity']:g}"]["cpu_fraction"] = r["core_cpu_s"] / p["core_cpu_s"]
     ranked = sorted(verdict.items(), key=lambda kv: (not kv[1]["meets"], -statistics.mean(kv[1]["rels"]),
                                                      statistics.mean(kv[1]["seconds"])))
     if ranked:
@@ -244,16 +259,22 @@ def markdown(result: dict[str, Any]) -> str:
     ft = result.get("finetune") or {}
     paper = {r["sparsity"]: r for r in result["rows"] if r["variant"] == "paper"}
     lines = ["| variant | settings | sparsity | k | region | Rel | acc | updates run (best) | graft s "
-             "| time / paper | command wall s | peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| time / paper | graft CPU s* | command wall s | command CPU s | peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         st = r["learn_settings"]
-        desc = (f"{st['budget']}, {st['step_rule']} lr {st['lr']:g}, {st['updates']} upd, cand "
-                f"{st['candidates'] if st['candidates'] is not None else 'all'}, patience {st['patience']}")
+        desc = "data-free" if r.get("method", "graft") != "graft" else (
+            f"{st['budget']}, {st['step_rule']} lr {st['lr']:g}, {st['updates']} upd, cand "
+            f"{st['candidates'] if st['candidates'] is not None else 'all'}, patience {st['patience']}")
         p = paper.get(r["sparsity"])
-        frac = f"{r['seconds'] / p['seconds']:.2f}" if p and p["seconds"] else "—"
+        frac = f"{r['seconds'] / p['seconds']:.2f}" if p and p["seconds"] and r["variant"] != "topk" else "—"
+        upd = f"{r['updates_run']} ({r['best_update']})" if r.get("updates_run") is not None else "—"
+        core = f"{r['core_cpu_s']:.0f}" if "core_cpu_s" in r else "—"
         lines.append(f"| {r['variant']} | {desc} | {r['sparsity']:g} | {r['k']:,} | {r['region_size']:,} | "
-                     f"{r['rel']:.3f} | {r['accuracy']:.3f} | {r['updates_run']} ({r['best_update']}) | "
-                     f"{r['seconds']:.1f} | {frac} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+                     f"{r['rel']:.3f} | {r['accuracy']:.3f} | {upd} | {r['seconds']:.1f} | {frac} | {core} | "
+                     f"{r['wall_s']:.1f} | {r['cpu_s']:.0f} | {r['peak_rss_mib']:.0f} |")
+    lines.append("\n\\* command CPU seconds minus the top-k command's at the same sparsity (loading and test "
+                 "evaluation), when top-k was measured.")
     if ft:
         lines += ["", f"Fine-tuning (`mtgraft {ft['command']}`): command {ft['wall_s']:.1f} s wall, "
                       f"training loop {ft['train_seconds']:.1f} s, peak RSS {ft['peak_rss_mib']:.0f} MiB, "
@@ -286,11 +307,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--sparsity", type=float, nargs="+", default=[1e-3, 1e-4])
-    p.add_argument("--variants", nargs="+", default=["fast", "paper"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["topk", "fast", "paper"], choices=list(VARIANTS))
     p.add_argument("--max-test", type=int, default=500)
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the children (0 = unset)")
     p.add_argument("--finetuned", default=None, help="skip fine-tuning (no goal (b)): graft this checkpoint")
-    p.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
+    p.add_argument("--work", default=None, help="working folder, kept (default: a temporary one, removed)")
     p.add_argument("--out", default="benchmarks/results/graft.json")
     args = p.parse_args(argv)
     load_start = os.getloadavg()
@@ -313,13 +334,16 @@ def main(argv: list[str] | None = None) -> None:
             ck = ft["checkpoint"]
             print(f"fine-tuned: {ft['wall_s']:.1f} s, peak {ft['peak_rss_mib']:.0f} MiB, "
                   f"acc {ft['test_accuracy']:.3f}", file=sys.stderr)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for s in args.sparsity:
             for name in args.variants:
                 row = graft_variant(args, name, VARIANTS[name], s, ck, work, env)
                 rows.append(row)
+                write_json_atomic(work / "partial.json", {"finetune": ft, "rows": rows})  # survives a crash
                 print(f"{name} s={s:g}: Rel {row['rel']:.3f}, region {row['region_size']:,}, {row['seconds']:.1f} s, "
-                      f"peak {row['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+                      f"command {row['wall_s']:.0f} s wall / {row['cpu_s']:.0f} s CPU, peak {row['peak_rss_mib']:.0f} MiB",
+                      file=sys.stderr)
+        add_core_cpu(rows)
         result = {
             "benchmark": "graft", "task": args.task, "k": args.k, "seed": args.seed, "max_test": args.max_test,
             "model": "minilm (all-MiniLM-L6-v2)", "train_args": TRAIN_ARGS, "threads": args.threads,

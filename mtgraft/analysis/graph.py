@@ -153,9 +153,12 @@ def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
                 "#CCB974", "#64B5CD"]
         colors = [cmap[G.nodes[v].get("community", 0) % len(cmap)] for v in G.nodes]
         if G.number_of_edges():
-            widths = [1.0 + 2.2 * max(d["log2_enrichment"], 0.0) for _, _, d in G.edges(data=True)]
+            le = [max(d["log2_enrichment"], 0.0) for _, _, d in G.edges(data=True)]
+            top = max(max(le), 1.0)
+            widths = [1.0 + 8.0 * x / top for x in le]  # the strongest edge is 9 pt wide
             nx.draw_networkx_edges(G, pos, ax=ax, width=widths, edge_color="#555555", alpha=0.6)
-            labels = {(u, v): f"{d['enrichment']:.1f}×" for u, v, d in G.edges(data=True)}
+            labels = {(u, v): (f"{d['enrichment']:.2g}×" if d["enrichment"] < 10 else f"{d['enrichment']:.0f}×")
+                      for u, v, d in G.edges(data=True)}
             nx.draw_networkx_edge_labels(G, pos, edge_labels=labels, ax=ax, font_size=8, rotate=False,
                                          bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         nx.draw_networkx_nodes(G, pos, ax=ax, node_size=area, node_color=colors, alpha=0.9,
@@ -170,7 +173,7 @@ def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
         ax.set_xlim(xs.min() - padx, xs.max() + padx)
         ax.set_ylim(ys.min() - pady, ys.max() + pady)
     me, mp = G.graph.get("min_enrichment"), G.graph.get("max_p")
-    sub = (f"edges: enrichment ≥ {me:g} and p ≤ {mp:g}; width ~ log2 enrichment; "
+    sub = (f"edges: enrichment ≥ {me:g} and p ≤ {mp:g}; width ~ log2 enrichment (relative); "
            "node area ~ region size; colour = community") if me is not None else ""
     ax.set_title((title + "\n" if title else "") + sub, fontsize=9)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.02)

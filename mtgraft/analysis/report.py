@@ -409,11 +409,11 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
             domain_cmp["mannwhitney_p_greater"] = float(u.pvalue)
         doms = sorted({dom[r["a"]] for r in same})
         ratio = ms / mc if mc > 0 else math.inf
-        verdict = "more" if ratio >= 1.25 else "less" if ratio <= 0.8 else "about as much"
+        verdict = "more than" if ratio >= 1.25 else "less than" if ratio <= 0.8 else "about as much as"
         extra = (f", one-sided Mann–Whitney p = {fmt_p(domain_cmp['mannwhitney_p_greater'])}"
                  if "mannwhitney_p_greater" in domain_cmp else "")
         lines.append(
-            f"Tasks of the same domain ({', '.join(doms)}) overlap {verdict} than tasks of different domains: "
+            f"Tasks of the same domain ({', '.join(doms)}) overlap {verdict} tasks of different domains: "
             f"median enrichment {fmt_x(ms)} (n = {_pairs(len(same))}, Jaccard {js:.3f}) vs {fmt_x(mc)} "
             f"(n = {_pairs(len(cross))}, Jaccard {jc:.3f}){extra}.")
     # where the overlap concentrates
@@ -435,6 +435,15 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
                      "graph has no edges.")
     # transfer
     if transfer is not None:
+        ses = [r["rel_se"] for r in transfer["results"] if r.get("rel_se") is not None]
+        gains = [v["gain"] for v in transfer["reference"].values() if v.get("gain") is not None]
+        ns = [v["n"] for v in transfer["reference"].values()]
+        if ses and float(np.median(ses)) > 0.2:
+            lines.append(
+                f"Rel is noisy here: fine-tuning gained only {min(gains):+.3f} to {max(gains):+.3f} accuracy over "
+                f"P_0 on {min(ns)}–{max(ns)} test examples (one example moves accuracy by {1 / max(min(ns), 1):.3f}), "
+                f"so a Rel has a standard error of about {float(np.median(ses)):.2f} (median); differences in Rel "
+                "below that are not evidence.")
         own = [r for r in transfer["results"] if r["own"] and r["rel"] is not None]
         if own:
             lines.append("Each graft on its own task keeps Rel " + ", ".join(
@@ -1152,9 +1161,13 @@ def _write_all(d: Path, title: str, a: dict[str, Any], min_enrichment: float, ma
                    for g, row in zip(transfer["grafts"], transfer["rel"], strict=True)]
                   + [[f"∪ {u['name']}", *[(_num(u["results"][t]["rel"], ".2f") if t in u["results"] else "n/a")
                                           for t in ts]] for u in transfer["unions"]])
-        doc.table(["task", "n test", "P_0 (pretrained + head)", "P_1 (fine-tuned)", "P_0 source", "P_1 source"],
-                  [[t, str(r["n"]), _num(r["pretrained"]), _num(r["finetuned"]), r["pretrained_source"],
-                    r["finetuned_source"]] for t, r in transfer["reference"].items()])
+        doc.table(["task", "n test", "P_0 (pretrained + head)", "P_1 (fine-tuned)", "P_1 − P_0", "P_0 source",
+                   "P_1 source"],
+                  [[t, str(r["n"]), _num(r["pretrained"]), _num(r["finetuned"]),
+                    _num(r.get("gain"), "+.3f"), r["pretrained_source"], r["finetuned_source"]]
+                   for t, r in transfer["reference"].items()])
+        doc.p("Standard error of a Rel from the test sample alone: sqrt(acc·(1 − acc)/n) / |P_1 − P_0| "
+              "(in overlap.json and csv/transfer.csv as rel_se).", muted=True)
         doc.img(figs["transfer_rel"], "figures/transfer_rel.png", "Rel of each graft on each compatible task")
         for c in (correlation, correlation_c):
             if c is None:

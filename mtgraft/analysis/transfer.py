@@ -243,6 +243,18 @@ def transfer_analysis(
         p0, p1 = reference[t]["pretrained"], reference[t]["finetuned"]
         return relative_gain(acc, p0, p1) if p0 is not None and p1 is not None else None
 
+    def rel_se(acc: float, t: str) -> float | None:
+        """Binomial standard error of Rel from the test sample alone: sqrt(a(1-a)/n) / |P_1 - P_0|."""
+        p0, p1, n = reference[t]["pretrained"], reference[t]["finetuned"], reference[t]["n"]
+        if p0 is None or p1 is None or abs(p1 - p0) < 1e-9 or not n:
+            return None
+        return math.sqrt(acc * (1 - acc) / n) / abs(p1 - p0)
+
+    for t in eval_tasks:
+        r = reference[t]
+        r["gain"] = (r["finetuned"] - r["pretrained"]) if r["finetuned"] is not None and r["pretrained"] is not None \
+            else None
+
     results: list[dict[str, Any]] = []
     acc_m: list[list[float | None]] = []
     rel_m: list[list[float | None]] = []
@@ -261,7 +273,7 @@ def transfer_analysis(
             r = rel(a, t)
             own = t in p.header.tasks
             results.append({"graft": li, "graft_tasks": p.header.tasks, "eval_task": t, "own": own,
-                            "accuracy": a, "rel": r, "n": reference[t]["n"]})
+                            "accuracy": a, "rel": r, "rel_se": rel_se(a, t), "n": reference[t]["n"]})
             row_a.append(a)
             row_r.append(r)
             tick(f"{li} → {t}")
@@ -281,7 +293,8 @@ def transfer_analysis(
                 ev.set_head(_head_for(source[t], t))
                 a = ev.accuracy(params, tests[t])
                 own_r = next((r["rel"] for r in results if r["graft"] == x and r["eval_task"] == t), None)
-                per[t] = {"accuracy": a, "rel": rel(a, t), "own_graft_rel": own_r, "n": reference[t]["n"]}
+                per[t] = {"accuracy": a, "rel": rel(a, t), "rel_se": rel_se(a, t), "own_graft_rel": own_r,
+                          "n": reference[t]["n"]}
                 tick(f"union {'+'.join(u)} → {t}")
         rels = [v["rel"] for v in per.values() if v["rel"] is not None]
         union_out.append({"name": "+".join(u), "members": u, "region_size": up.region_size,

@@ -88,7 +88,7 @@ def test_cli_options_and_variant_settings():
 
 def _row(variant, s, rel, seconds, peak=1000.0, budget="strict", region=100):
     return {"variant": variant, "sparsity": s, "rel": rel, "seconds": seconds, "peak_rss_mib": peak,
-            "region_size": region, "wall_s": seconds + 10, "learn_settings": {"budget": budget}}
+            "region_size": region, "wall_s": seconds + 10, "cpu_s": seconds + 20, "learn_settings": {"budget": budget}}
 
 
 def test_goals_choose_the_best_variant_that_meets_goal_a():
@@ -112,3 +112,31 @@ def test_goals_b_compares_graft_with_finetuning():
     assert b["wall_ratio"] == pytest.approx(20.0 / 30.0)
     assert b["time_ok"] is True
     assert b["peak_ok"] is False  # 1.3x > 1.2x
+
+
+def test_markdown_renders_every_row_and_goal():
+    settings = {"budget": "strict", "step_rule": "gd", "lr": 1e8, "updates": 10, "candidates": 10, "patience": 2}
+    rows = []
+    for name, sec, rel in (("paper", 100.0, 0.8), ("fast", 10.0, 0.79)):
+        r = _row(name, 1e-3, rel, sec)
+        r.update({"k": 100, "accuracy": 0.7, "updates_run": 3, "best_update": 1,
+                  "learn_settings": dict(settings, budget="free" if name == "paper" else "strict")})
+        rows.append(r)
+    rows[1]["patch"] = {"file_bytes": 2000, "header_bytes": 900, "head_bytes": 300, "region_bytes": 800,
+                        "bytes_per_grafted_param": 8.0}
+    ft = {"command": "train ...", "wall_s": 30.0, "train_seconds": 25.0, "peak_rss_mib": 1000.0,
+          "test_accuracy": 0.74}
+    result = {"rows": rows, "finetune": ft, "goals": bench_graft.goals(rows, ft)}
+    md = bench_graft.markdown(result)
+    assert "| paper |" in md and "| fast |" in md
+    assert "| 0.10 |" in md  # fast's time as a fraction of the paper recipe's
+    assert "| 8.00 |" in md  # bytes per grafted parameter
+    assert "**fast**" in md
+
+
+def test_core_cpu_subtracts_the_topk_command_at_the_same_sparsity():
+    rows = [_row("topk", 1e-3, 0.5, 0.0), _row("fast", 1e-3, 0.5, 10.0), _row("fast", 1e-4, 0.5, 10.0)]
+    rows[0]["cpu_s"], rows[1]["cpu_s"], rows[2]["cpu_s"] = 60.0, 95.0, 90.0
+    bench_graft.add_core_cpu(rows)
+    assert rows[1]["core_cpu_s"] == pytest.approx(35.0)
+    assert "core_cpu_s" not in rows[0] and "core_cpu_s" not in rows[2]  # no top-k child at 1e-4

@@ -94,6 +94,9 @@ def test_accuracy_and_rel_match_grafting_by_hand(setup, tr):
         ref = tr["reference"][r["eval_task"]]
         assert ref["pretrained_source"].startswith("recorded")
         assert r["rel"] == pytest.approx((r["accuracy"] - ref["pretrained"]) / (0.9 - ref["pretrained"]))
+        a = r["accuracy"]
+        assert r["rel_se"] == pytest.approx(np.sqrt(a * (1 - a) / N_TEST) / (0.9 - ref["pretrained"]))
+        assert ref["gain"] == pytest.approx(0.9 - ref["pretrained"])
     assert tr["reference"]["t2"]["pretrained"] == pytest.approx(0.30)
 
 
