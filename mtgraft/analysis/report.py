@@ -39,7 +39,7 @@ Duplicates = Literal["error", "first", "label"]
 DUPLICATE_POLICIES = ("error", "first", "label")
 ALPHA = 0.05
 MATRIX_KEYS = ("intersection", "containment", "jaccard", "overlap_coefficient", "expected", "enrichment",
-               "p_value", "log10_p_value")
+               "p_value", "log10_p_value", "expected_within_tensors", "enrichment_within_tensors")
 
 
 @dataclass
@@ -275,9 +275,29 @@ def pair_records(mat: dict[str, Any], bonferroni: bool = True) -> list[dict[str,
                 "jaccard": _f(mat["jaccard"][i, j]), "overlap_coefficient": _f(mat["overlap_coefficient"][i, j]),
                 "expected": exp, "enrichment": e, "p_value": p, "log10_p_value": lp,
                 "p_value_depletion": pd, "p_adjusted": p_adj, "p_depletion_adjusted": pd_adj,
+                "expected_within_tensors": _f(mat["expected_within_tensors"][i, j]) if "expected_within_tensors" in mat
+                else None,
+                "enrichment_within_tensors": _f(mat["enrichment_within_tensors"][i, j])
+                if "enrichment_within_tensors" in mat else None,
                 "n_tests": m, "verdict": verdict,
             })
     return out
+
+
+def within_tensor_chance(regions: Mapping[str, np.ndarray], seg: Segments, inter: np.ndarray) -> dict[str, np.ndarray]:
+    """Chance overlap given where each region lies: sum over tensors t of |a_t|·|b_t| / |t| ([n, n]).
+
+    Two random regions with the same number of entries in every tensor as a and b would share this many
+    entries on average; ``enrichment_within_tensors`` = intersection / that. Tasks that merely favour
+    the same tensors score about 1 here, however enriched they are against the uniform chance.
+    """
+    sizes = seg.sizes.astype(np.float64)
+    C = np.stack([np.bincount(seg.segment_of(r), minlength=len(seg)).astype(np.float64) for r in regions.values()]) \
+        if regions else np.zeros((0, len(seg)))
+    E = (C / np.maximum(sizes, 1)) @ C.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        enr = np.where(E > 0, np.asarray(inter, dtype=np.float64) / E, np.nan)
+    return {"expected_within_tensors": E, "enrichment_within_tensors": enr}
 
 
 def _breakdown(regions: dict[str, np.ndarray], seg: Segments, by: str) -> dict[str, Any]:
@@ -336,9 +356,11 @@ def _pair_phrase(r: dict[str, Any]) -> str:
     a, b = r["a"], r["b"]
     p = fmt_p(r["p_value"], r["log10_p_value"])
     if r["verdict"] == "beyond_chance":
+        within = (f"; {fmt_x(r['enrichment_within_tensors'])} given the tensors each region sits in"
+                  if r.get("enrichment_within_tensors") is not None else "")
         return (f"{a} and {b} share {fmt_x(r['enrichment'])} more parameters than two random regions of their "
                 f"sizes would ({r['intersection']:,} shared vs {r['expected']:.1f} expected; Jaccard "
-                f"{r['jaccard']:.3f}; p = {p})")
+                f"{r['jaccard']:.3f}; p = {p}{within})")
     if r["verdict"] == "below_chance":
         return (f"{a} and {b} share fewer parameters than chance ({r['intersection']:,} vs {r['expected']:.1f} "
                 f"expected, {fmt_x(r['enrichment'])}; depletion p = {fmt_p(r['p_value_depletion'])}): "
@@ -399,9 +421,13 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
         mc = float(np.median([r["enrichment"] for r in cross]))
         js = float(np.median([r["jaccard"] or 0 for r in same]))
         jc = float(np.median([r["jaccard"] or 0 for r in cross]))
+        ws = [r["enrichment_within_tensors"] for r in same if r.get("enrichment_within_tensors") is not None]
+        wc = [r["enrichment_within_tensors"] for r in cross if r.get("enrichment_within_tensors") is not None]
         domain_cmp = {"same_domain": {"n": len(same), "median_enrichment": ms, "median_jaccard": js,
+                                      "median_enrichment_within_tensors": float(np.median(ws)) if ws else None,
                                       "pairs": [f"{r['a']}–{r['b']}" for r in same]},
-                      "cross_domain": {"n": len(cross), "median_enrichment": mc, "median_jaccard": jc}}
+                      "cross_domain": {"n": len(cross), "median_enrichment": mc, "median_jaccard": jc,
+                                       "median_enrichment_within_tensors": float(np.median(wc)) if wc else None}}
         if len(same) >= 2 and len(cross) >= 2:
             from scipy.stats import mannwhitneyu
 
@@ -415,7 +441,9 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
         lines.append(
             f"Tasks of the same domain ({', '.join(doms)}) overlap {verdict} tasks of different domains: "
             f"median enrichment {fmt_x(ms)} (n = {_pairs(len(same))}, Jaccard {js:.3f}) vs {fmt_x(mc)} "
-            f"(n = {_pairs(len(cross))}, Jaccard {jc:.3f}){extra}.")
+            f"(n = {_pairs(len(cross))}, Jaccard {jc:.3f}){extra}"
+            + (f"; given the tensors each region sits in: {fmt_x(float(np.median(ws)))} vs {fmt_x(float(np.median(wc)))}"
+               if ws and wc else "") + ".")
     # where the overlap concentrates
     pm = [g for g in pooled_module if g["enrichment"] is not None and g["expected"] >= 1]
     if pm and pairs and sum(g["observed"] for g in pm) > 0:
@@ -599,6 +627,19 @@ def matrix_figures(mat: dict[str, Any], figdir: Path) -> dict[str, Path]:
         "enrichment = observed / chance intersection (|g_i||g_j|/|P|); 1× = random", "enrichment (log scale)",
         lambda i, j: dtext(i, j, lambda a, b: fmt_x(_f(e[a, b]))), cmap="RdBu_r", norm=norm, mask=diag,
         cbar_ticks=_log2_ticks(lo, hi))
+    if "enrichment_within_tensors" in mat:
+        ew = np.asarray(mat["enrichment_within_tensors"], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lw = np.log2(ew)
+        finw = lw[np.isfinite(lw) & ~diag]
+        lw = np.where(np.isneginf(lw), min(float(finw.min()) - 1 if finw.size else -3.0, -3.0), lw)
+        normw, low, hiw = _enrichment_norm(np.where(diag, np.nan, lw))
+        out["heatmap_enrichment_within_tensors"] = heatmap(
+            lw, tasks, tasks, figdir / "heatmap_enrichment_within_tensors.png",
+            "enrichment given where the regions lie: observed / Σ_t |g_i ∩ t|·|g_j ∩ t| / |t| over tensors t "
+            "(1× = tasks merely favour the same tensors)", "enrichment within tensors (log scale)",
+            lambda i, j: dtext(i, j, lambda a, b: fmt_x(_f(ew[a, b]))), cmap="RdBu_r", norm=normw, mask=diag,
+            cbar_ticks=_log2_ticks(low, hiw))
     nl = -np.asarray(mat["log10_p_value"], dtype=np.float64)
     m = max(1, n * (n - 1) // 2)
     thr = -math.log10(ALPHA / m)
@@ -902,6 +943,7 @@ def analyse(
     P = seg.total
     regions = {lab: p.flat_indices() for lab, p in zip(labels, plist, strict=True)}
     mat = overlap_matrices(regions, P)
+    mat.update(within_tensor_chance(regions, seg, mat["intersection"]))
     pairs = pair_records(mat)
     bd_layer = _breakdown(regions, seg, "layer")
     bd_module = _breakdown(regions, seg, "module")
@@ -1058,6 +1100,8 @@ def _write_all(d: Path, title: str, a: dict[str, Any], min_enrichment: float, ma
             "p_value_depletion": "hypergeometric P(X <= intersection) (less overlap than chance)",
             "verdicts": "Bonferroni over pairs, alpha 0.05",
             "modules": "module kinds with every bias in 'bias' (bias_separate=True)",
+            "expected_within_tensors": "sum over graftable tensors t of |g_i∩t|·|g_j∩t|/|t| (chance given each "
+                                       "region's count per tensor); enrichment_within_tensors = intersection / it",
         },
         "matrices": to_jsonable({k: mat[k] for k in ("sizes", *MATRIX_KEYS)}),
         "pairs": to_jsonable(pairs),
@@ -1120,20 +1164,25 @@ def _write_all(d: Path, title: str, a: dict[str, Any], min_enrichment: float, ma
                 nodes[lab]["source"]] for lab in labels])
     doc.h2("Pairs")
     doc.p("containment a→b = |a∩b|/|a| (share of a's region that b also has); expected = |a||b|/|P|; enrichment = "
-          "shared / expected; p = P(shared ≥ observed) for random regions (hypergeometric). Verdicts use "
+          "shared / expected; p = P(shared ≥ observed) for random regions (hypergeometric); enrichment within "
+          "tensors = shared / Σ_t |a∩t||b∩t|/|t| (chance for random regions with the same count in every tensor). "
+          "Verdicts use "
           f"Bonferroni-adjusted p over {pairs[0]['n_tests'] if pairs else 0} pairs.", muted=True)
-    doc.table(["a", "b", "|a|", "|b|", "shared", "expected", "enrichment", "p", "containment a→b",
-               "containment b→a", "Jaccard", "overlap coef.", "verdict"],
+    doc.table(["a", "b", "|a|", "|b|", "shared", "expected", "enrichment", "p", "enrichment within tensors",
+               "containment a→b", "containment b→a", "Jaccard", "overlap coef.", "verdict"],
               [[r["a"], r["b"], f"{r['size_a']:,}", f"{r['size_b']:,}", f"{r['intersection']:,}",
                 f"{r['expected']:.2f}", fmt_x(r["enrichment"]), fmt_p(r["p_value"], r["log10_p_value"]),
+                fmt_x(r.get("enrichment_within_tensors")),
                 _num(r["containment_a_in_b"]), _num(r["containment_b_in_a"]), _num(r["jaccard"], ".4f"),
                 _num(r["overlap_coefficient"]), r["verdict"].replace("_", " ")]
                for r in sorted(pairs, key=lambda r: -(r["enrichment"] or 0))])
     doc.h2("Overlap matrices")
     for k, alt in (("heatmap_containment", "Containment |g_i∩g_j|/|g_j| (the paper's figure)"),
                    ("heatmap_enrichment", "Enrichment over chance (log scale; 1× = random)"),
+                   ("heatmap_enrichment_within_tensors", "Enrichment given the tensors each region sits in"),
                    ("heatmap_jaccard", "Jaccard"), ("heatmap_pvalue", "-log10 p (hypergeometric)")):
-        doc.img(figs[k], f"figures/{figs[k].name}", alt)
+        if k in figs:
+            doc.img(figs[k], f"figures/{figs[k].name}", alt)
     doc.h2("Task graph")
     doc.p(f"Edges join tasks whose regions share at least {min_enrichment:g}× the chance overlap with p ≤ {max_p:g}; "
           f"communities by {graph_info['algorithm']}: " + "; ".join("{" + ", ".join(c) + "}" for c in graph_info["communities"])

@@ -46,13 +46,14 @@ def _payload(result: dict) -> tuple[str, list]:
 @pytest.mark.integration
 def test_graft_kill_and_resume_is_bit_identical(ck, tmp_path):
     env = _env(tmp_path)
-    ref = subprocess.run(_graft_cmd(ck, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    ref = subprocess.run(_graft_cmd(ck, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     ref_json = json.loads(ref.stdout.strip().splitlines()[-1])
 
     out = tmp_path / "killed"
     state = tmp_path / "killed.resume" / "learn-graft-s0.01.pt"
-    proc = subprocess.Popen(_graft_cmd(ck, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_graft_cmd(ck, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
                             start_new_session=True)
     deadline = time.time() + 300
     killed_at = None
@@ -72,7 +73,8 @@ def test_graft_kill_and_resume_is_bit_identical(ck, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # nothing half-written at --out
 
-    res = subprocess.run(_graft_cmd(ck, out, "--resume"), env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(_graft_cmd(ck, out, "--resume"), env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     resumed = json.loads(res.stdout.strip().splitlines()[-1])
     assert _payload(resumed) == _payload(ref_json)
@@ -87,7 +89,7 @@ def test_graft_twice_same_patch_and_metrics(ck, tmp_path):
     runs = []
     for name in ("a", "b"):
         r = subprocess.run(_graft_cmd(ck, tmp_path / name, "--updates", "5"), env=env, capture_output=True,
-                           text=True, timeout=600)
+                           text=True, timeout=600, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     assert _payload(runs[0]) == _payload(runs[1])

@@ -35,13 +35,14 @@ def _weights(ck: Path) -> dict[str, torch.Tensor]:
 def test_train_kill_and_resume_is_bit_identical(tmp_path):
     model = make_tiny_model("head", tmp_path / "tiny", seed=11)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(ROOT)}
-    ref = subprocess.run(_cmd(model, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    ref = subprocess.run(_cmd(model, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     ref_json = json.loads(ref.stdout.strip().splitlines()[-1])
 
     out = tmp_path / "killed"
     state = tmp_path / "killed.resume" / "train.pt"
-    proc = subprocess.Popen(_cmd(model, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_cmd(model, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
                             start_new_session=True)
     killed_at = None
     deadline = time.time() + 300
@@ -60,7 +61,8 @@ def test_train_kill_and_resume_is_bit_identical(tmp_path):
     assert killed_at is not None and killed_at < 120, "the run finished before it could be killed"
     assert not out.exists()
 
-    res = subprocess.run(_cmd(model, out, "--resume"), env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(_cmd(model, out, "--resume"), env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["test"] == ref_json["test"] and got["dev"] == ref_json["dev"]
