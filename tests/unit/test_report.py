@@ -76,6 +76,8 @@ def test_partial_overlap_numbers(res):
     assert r["p_value"] == pytest.approx(hypergeom.sf(19, P, 40, 40), rel=1e-9)
     assert r["p_adjusted"] == pytest.approx(min(1.0, 6 * r["p_value"]))
     assert r["verdict"] == "beyond_chance"
+    # both fill layer 0's key weight and bias completely: per-tensor chance = 16·16/16 + 4·4/4 = 20 = observed
+    assert r["expected_within_tensors"] == pytest.approx(20.0) and r["enrichment_within_tensors"] == pytest.approx(1.0)
     m = res["matrices"]
     i, j = m["tasks"].index("rotten_tomatoes"), m["tasks"].index("movie_polarity")
     assert m["containment"][i, j] == pytest.approx(0.5)
