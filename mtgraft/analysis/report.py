@@ -348,6 +348,10 @@ def _pooled(bd: dict[str, Any]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------- summary
 
 
+def _range(xs: list[int]) -> str:
+    return f"{min(xs)}" if min(xs) == max(xs) else f"{min(xs)}–{max(xs)}"
+
+
 def _pairs(n: int) -> str:
     return f"{n} pair" if n == 1 else f"{n} pairs"
 
@@ -400,6 +404,13 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
         lines.append(f"Every pair, similar or not, shares more than chance; {core:,} entries lie in all "
                      f"{len(tasks)} regions (chance would put {core_expected:.2g} there): part of each region is "
                      "common to all these tasks, so compare enrichments rather than asking whether there is overlap.")
+    jac = [r["jaccard"] for r in pairs if r["jaccard"] is not None]
+    if len(jac) == len(pairs) and pairs and min(jac) >= 0.8:
+        modes = {nodes[t].get("finetuned_mode") for t in tasks}
+        why = (" They come from one jointly fine-tuned model, whose base patch (top-k |θ_ft − θ_pre|) is the same "
+               "for every task: the learned grafts have barely moved away from it. Learn them longer (or with a "
+               "free budget) before reading overlap as task similarity." if modes == {"joint"} else "")
+        lines.append(f"The regions are nearly identical (Jaccard {min(jac):.2f}–{max(jac):.2f} for every pair).{why}")
     for r in strong[:6]:
         lines.append(_pair_phrase(r) + ".")
     if len(strong) > 6:
@@ -469,7 +480,7 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
         if ses and float(np.median(ses)) > 0.2:
             lines.append(
                 f"Rel is noisy here: fine-tuning gained only {min(gains):+.3f} to {max(gains):+.3f} accuracy over "
-                f"P_0 on {min(ns)}–{max(ns)} test examples (one example moves accuracy by {1 / max(min(ns), 1):.3f}), "
+                f"P_0 on {_range(ns)} test examples (one example moves accuracy by {1 / max(min(ns), 1):.3f}), "
                 f"so a Rel has a standard error of about {float(np.median(ses)):.2f} (median); differences in Rel "
                 "below that are not evidence.")
         own = [r for r in transfer["results"] if r["own"] and r["rel"] is not None]

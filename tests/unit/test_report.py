@@ -36,11 +36,12 @@ P = 248  # 2 * (6 * (16 + 4) + 4)
 
 
 def make_patch(task: str, idx, *, base_hash: str = "sha256:00aa11bb", labels=("negative", "positive"),
-               table=None, method: str = "graft", sparsity: float | None = None) -> SkillPatch:
+               table=None, method: str = "graft", sparsity: float | None = None, mode: str | None = None) -> SkillPatch:
     idx = np.unique(np.asarray(idx, dtype=np.int64))
     hdr = {"base_model": "tiny-bert", "base_hash": base_hash, "graftable": table or graftable(), "task": task,
            "tasks_info": {task: {"labels": list(labels)}}, "model_type": "head", "method": method,
-           "sparsity_requested": sparsity, "metrics": {"test": {"accuracy": 0.75, "rel": 0.8}}}
+           "sparsity_requested": sparsity, "metrics": {"test": {"accuracy": 0.75, "rel": 0.8}},
+           "finetuned": {"mode": mode} if mode else {}}
     return SkillPatch.from_flat_values(idx, torch.arange(idx.size, dtype=torch.float32), {}, hdr)
 
 
@@ -183,6 +184,15 @@ def test_summary_names_a_common_core():
     assert out["summary"]["core_size"] == 30
     assert any("Every pair, similar or not, shares more than chance; 30 entries lie in all 3 regions" in s
                for s in out["summary"]["sentences"])
+
+
+def test_summary_flags_near_identical_joint_regions():
+    tbl = [("backbone.encoder.layer.0.intermediate.dense.weight", [100, 100])]
+    base = np.arange(100)
+    ps = [make_patch(t, np.r_[base[: 100 - k], 5000 + k], table=tbl, mode="joint") for k, t in enumerate("abc")]
+    text = " ".join(analyse(ps)["summary"]["sentences"])
+    assert "The regions are nearly identical (Jaccard 0.9" in text
+    assert "base patch (top-k |θ_ft − θ_pre|) is the same for every task" in text
 
 
 def test_pair_records_bonferroni():
