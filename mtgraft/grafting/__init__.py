@@ -32,9 +32,9 @@ __all__ = ["GraftConfig", "GraftSpace", "METHODS", "RECIPES", "budget_k", "run_g
 #: past its budget); ``fast`` is the default, chosen by measurement (see docs/benchmarks.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"updates": 100, "lr": 1e7, "sigmoid_bias": 10.0, "examples_per_update": 1024, "batch_size": 8,
-              "budget": "free", "candidates": None, "patience": None, "step_rule": "gd"},
+              "budget": "free", "candidates": None, "patience": None, "step_rule": "gd", "init": "movement"},
     "fast": {"updates": 10, "lr": 1e8, "sigmoid_bias": 10.0, "examples_per_update": 1024, "batch_size": 8,
-             "budget": "strict", "candidates": 10, "patience": 2, "step_rule": "gd"},
+             "budget": "strict", "candidates": 10, "patience": 2, "step_rule": "gd", "init": "auto"},
 }
 DEFAULT_METHODS = ["graft", "topk", "random", "bias-only"]
 
@@ -59,6 +59,7 @@ class GraftConfig(BaseConfig):
     candidates: float | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     step_rule: Literal["gd", "normalized"] | None = None
+    init: Literal["auto", "movement", "saliency"] | None = None
     seed: int = 13
     k: int | None = None
     data_seed: int | None = None
@@ -162,8 +163,8 @@ def _head_state(model: Any, task: str) -> dict[str, torch.Tensor]:
 def run_graft(cfg: GraftConfig, show_progress: bool = True) -> list[GraftResult]:
     """Graft every task asked for (``--task`` or ``--all-tasks``) of a fine-tuned checkpoint."""
     meta = read_checkpoint_meta(cfg.finetuned)
-    if cfg.all_tasks:
-        tasks = [t.name for t in meta.tasks]
+    if cfg.all_tasks:  # local tasks are found again through the task YAML the checkpoint recorded
+        tasks = [t.spec_file if t.spec_file and Path(t.spec_file).is_file() else t.name for t in meta.tasks]
     elif cfg.task:
         tasks = [cfg.task]
     else:
@@ -172,8 +173,8 @@ def run_graft(cfg: GraftConfig, show_progress: bool = True) -> list[GraftResult]
         from mtgraft.training import default_out
 
         base = Path(cfg.out or default_out("graft", "all-tasks"))
-        return [graft_task(cfg.model_copy(update={"out": str(base / safe_name(t))}), t, meta, show_progress)
-                for t in tasks]
+        return [graft_task(cfg.model_copy(update={"out": str(base / safe_name(info.name))}), t, meta, show_progress)
+                for t, info in zip(tasks, meta.tasks, strict=True)]
     return [graft_task(cfg, t, meta, show_progress) for t in tasks]
 
 
@@ -202,6 +203,8 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
     device = resolve_device(cfg.device)
     dcfg = data_settings(cfg, meta)
     settings = cfg.learn_settings()
+    if settings.get("init") == "auto":  # one base patch per task where |delta| cannot tell tasks apart
+        settings["init"] = "saliency" if len(meta.tasks) > 1 else "movement"
     ks = {}
     # validate every sparsity before any work (k = 0 is an error)
     pre_name = cfg.pretrained or meta.pretrained.get("name")

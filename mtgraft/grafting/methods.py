@@ -74,6 +74,48 @@ def _topk(ctx: SelectContext) -> Selection:
     return Selection(topk_indices(ctx.space.delta.abs(), ctx.k).cpu())
 
 
+def task_saliency(space: GraftSpace, enc: Encoded, steps: int = 4, batch_size: int = 8) -> torch.Tensor:
+    """Integrated-gradients attribution of the task's loss change to each graftable entry.
+
+    score_i = -delta_i · mean_j dL/dtheta_i(theta_pre + a_j·delta), a_j = (j + 1/2)/steps (midpoint rule):
+    by the fundamental theorem of calculus the scores sum to about L(theta_pre) - L(theta_ft), and a large
+    score marks an entry whose fine-tuned value lowers *this task's* loss. Unlike |delta|, it differs
+    between the tasks of one jointly fine-tuned model (each task has its own data and head).
+    """
+    if enc is None or len(enc) == 0:
+        raise MtgraftError("task saliency needs training examples")
+    batches = space.batches(enc, batch_size)
+    total = torch.zeros_like(space.pre)
+    for j in range(steps):
+        a = (j + 0.5) / steps
+        theta = (space.pre + a * space.delta).requires_grad_(True)
+        for batch in batches:
+            logits = space.forward(theta, batch)
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"]) / (len(batches) * steps)
+            loss.backward()
+        total += theta.grad.detach()
+    return -(total * space.delta)
+
+
+def base_scores(ctx: SelectContext) -> torch.Tensor:
+    """The scores that pick the base patch and the candidates: |delta| ('movement', the paper) or the
+    task's integrated-gradients attribution ('saliency')."""
+    init = ctx.settings.get("init", "movement")
+    if init == "movement":
+        return ctx.space.delta.abs()
+    if init == "saliency":
+        return task_saliency(ctx.space, ctx.train, int(ctx.settings.get("saliency_steps", 4)),
+                             int(ctx.settings.get("batch_size", 8)))
+    raise MtgraftError(f"unknown init '{init}' (movement | saliency)")
+
+
+def _saliency(ctx: SelectContext) -> Selection:
+    if ctx.train is None or len(ctx.train) == 0:
+        raise MtgraftError("the saliency baseline needs training examples")
+    steps = int(ctx.settings.get("saliency_steps", 4))
+    return Selection(topk_indices(task_saliency(ctx.space, ctx.train, steps), ctx.k).cpu())
+
+
 def _random(ctx: SelectContext) -> Selection:
     rng = np.random.default_rng(ctx.seed)
     idx = rng.choice(ctx.space.numel, size=min(ctx.k, ctx.space.numel), replace=False)
@@ -96,6 +138,9 @@ register(Method("random", "k entries of the graftable set drawn uniformly at ran
                 "https://arxiv.org/abs/2302.06600", False, _random))
 register(Method("bias-only", "top-k |delta| among bias entries only (capped at the number of biases)",
                 "https://arxiv.org/abs/2106.10199", False, _bias_only))
+register(Method("saliency", "top-k of the task's integrated-gradients attribution -delta·mean grad L along "
+                "theta_pre -> theta_ft (uses the task's training data, no mask learning)",
+                "https://arxiv.org/abs/1703.01365", False, _saliency))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +168,9 @@ def learn_graft(ctx: SelectContext) -> Selection:
     ``budget`` ('strict' = exactly k entries by learned scores, 'free' = round(gamma) as the reference),
     ``candidates`` (None = every graftable entry; an int c = only the top c·k entries by |delta| get a
     mask parameter), ``patience`` (stop after this many updates without a better train+dev score),
-    ``step_rule`` ('gd' = plain gradient descent, the reference; 'normalized' = step of lr·g/max|g|).
+    ``step_rule`` ('gd' = plain gradient descent, the reference; 'normalized' = step of lr·g/max|g|),
+    ``init`` ('movement' = base patch and candidates by |delta|, the paper; 'saliency' = by the task's
+    integrated-gradients attribution, which separates the tasks of one jointly fine-tuned model).
     """
     s = ctx.settings
     space, k = ctx.space, ctx.k
@@ -139,11 +186,11 @@ def learn_graft(ctx: SelectContext) -> Selection:
     if ctx.train is None or len(ctx.train) == 0:
         raise MtgraftError("the learned graft needs training examples")
     dev = space.device
-    absd = space.delta.abs()
-    base_idx = topk_indices(absd, k)
+    scores = base_scores(ctx)
+    base_idx = topk_indices(scores, k)
     if cand_factor:
         m = min(space.numel, max(k, int(math.ceil(float(cand_factor) * k))))
-        cand = topk_indices(absd, m)
+        cand = topk_indices(scores, m)
     else:
         cand = torch.arange(space.numel, device=dev)
     base_c = torch.zeros(cand.numel(), device=dev)

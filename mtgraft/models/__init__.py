@@ -39,6 +39,7 @@ class TaskInfo(BaseModel):
     label_words: list[str] | None = None
     template: str | None = None
     pair: bool = False
+    spec_file: str | None = None  # local tasks: the task YAML, so later stages can find the data by itself
 
     @classmethod
     def from_spec(cls, spec: Any) -> TaskInfo:
@@ -49,6 +50,7 @@ class TaskInfo(BaseModel):
             label_words=list(getattr(spec, "label_words", None) or []) or None,
             template=getattr(spec, "template", None),
             pair=len(getattr(spec, "text_fields", ["text"]) or ["text"]) > 1,
+            spec_file=getattr(spec, "spec_file", None),
         )
 
 

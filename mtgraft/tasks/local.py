@@ -113,6 +113,6 @@ def load_local_task(path: str | Path) -> TaskSpec:
         if key in data:
             spec_kw[key] = data[key]
     try:
-        return TaskSpec(**spec_kw)
+        return TaskSpec(**spec_kw, spec_file=str(p.resolve()))
     except ValidationError as e:
         raise MtgraftError(format_validation_error(e, f"task file {p}")) from None

@@ -120,6 +120,7 @@ class TaskSpec(_Strict):
         0.2, ge=0.0, lt=1.0, description="share held out as a fixed test split when the source has none")
     max_chars: int | None = Field(None, ge=1, description="cut texts to this many characters")
     notes: str = ""
+    spec_file: str | None = Field(None, description="the task YAML a local task was read from (absolute)")
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:

@@ -125,3 +125,36 @@ def test_sparsity_outside_range_is_an_error(s):
 def test_empty_region_is_an_error():
     with pytest.raises(MtgraftError, match="k = 0"):
         budget_k(1e-6, 1000)
+
+
+def test_saliency_attributes_the_loss_change(tiny):
+    """Integrated gradients: the per-entry scores add up to L(theta_pre) - L(theta_ft) (completeness)."""
+    from mtgraft.grafting.methods import task_saliency
+
+    space, _ = _space(tiny)
+    spec = get_task(example_task_yaml())
+    enc = encode_examples(space.model, spec.name, make_splits(spec, 3, 13, None).train, 32)
+    batches = space.batches(enc, 8)
+
+    def loss(theta):
+        with torch.no_grad():
+            return sum(float(torch.nn.functional.cross_entropy(space.forward(theta, b).float(), b["labels"]))
+                       for b in batches) / len(batches)
+
+    gap = loss(space.pre) - loss(space.pre + space.delta)
+    sal = task_saliency(space, enc, steps=32)
+    assert abs(gap) > 1e-3
+    assert float(sal.sum()) == pytest.approx(gap, rel=0.05, abs=1e-4)
+    k = budget_k(0.01, space.numel)
+    sel = get_method("saliency").select(SelectContext(space, k, enc, settings={"saliency_steps": 4}))
+    assert torch.equal(sel.indices, topk_indices(task_saliency(space, enc, steps=4), k))
+
+
+def test_init_saliency_changes_the_base_patch(tiny):
+    mv = _graft(tiny, tiny["dir"] / "init-mv", method=["graft"], init="movement")
+    sa = _graft(tiny, tiny["dir"] / "init-sa", method=["graft"], init="saliency")
+    a = SkillPatch.load(mv.results[0]["patch"])
+    b = SkillPatch.load(sa.results[0]["patch"])
+    assert a.header.method_settings["init"] == "movement" and b.header.method_settings["init"] == "saliency"
+    ia, ib = set(a.flat_indices().tolist()), set(b.flat_indices().tolist())
+    assert len(ia) == len(ib) and ia != ib

@@ -292,3 +292,20 @@ def test_dist_context_shards_a_global_batch(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert not is_main_process()
+
+
+def test_grafts_of_a_joint_checkpoint_get_per_task_regions(env, joint, tmp_path):
+    """|delta| is one vector for all tasks of a joint model; the default (init auto -> saliency) is not."""
+    from mtgraft.patches import SkillPatch
+
+    regions = {}
+    for init in ("movement", "auto"):
+        cfg = GraftConfig(all_tasks=True, finetuned=joint["checkpoint"], sparsity=[0.05], method=["graft"],
+                          updates=1, init=init, out=str(tmp_path / init), track=False, do_register=False)
+        res = run_graft(cfg, show_progress=False)
+        pats = [SkillPatch.load(r.results[0]["patch"]) for r in res]
+        assert {p.header.method_settings["init"] for p in pats} == {"movement" if init == "movement"
+                                                                       else "saliency"}
+        regions[init] = [set(p.flat_indices().tolist()) for p in pats]
+    jac = {init: len(a & b) / len(a | b) for init, (a, b) in regions.items()}
+    assert jac["auto"] < jac["movement"]
