@@ -61,6 +61,7 @@ def train_multitask_cmd(
     graft_updates: int | None = typer.Option(None, "--graft-updates", help="Mask updates (default: the recipe's).", rich_help_panel=GRAFT),
     out: str | None = typer.Option(None, "--out", help="Run folder = checkpoint of all tasks (default runs/multitask/<mode>-<n>tasks-<time>).", rich_help_panel=OUT),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db).", rich_help_panel=OUT),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its periodic state (<out>.resume/).", rich_help_panel=OUT),
     config: str | None = typer.Option(None, "--config", help="YAML file of these options (CLI options override).", rich_help_panel=OUT),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout.", rich_help_panel=OUT),
 ) -> None:

@@ -5,6 +5,12 @@ A ``head`` model has one head per task on a shared body; ``prompt``/``causal`` m
 and use each task's template and label words. The run folder is a checkpoint of every task
 (``mtgraft graft --task T --finetuned DIR`` and ``--all-tasks`` work on it); a sequential run also
 keeps each stage's checkpoint in ``DIR/stage_<t>_<task>/`` and writes ``DIR/accuracy_matrix.{csv,json,png}``.
+
+Crash safety (``--resume``): the training loops write their periodic state to ``DIR.resume/`` (``joint``, or
+``stage-<t>`` per stage); a sequential run also keeps there the checkpoint of every finished stage and a
+record of what the finished stages produced (``stages``: accuracy rows, metrics, the model after the last one,
+the RNG states). A killed run rerun with ``--resume`` skips the finished stages and continues the interrupted
+loop, ending with the same files and metrics, bit for bit on the CPU, as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,17 +19,19 @@ import contextlib
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import Field, field_validator, model_validator
 
 from mtgraft.config import TrainConfig
 from mtgraft.errors import MtgraftError
 from mtgraft.models import CheckpointMeta, Encoded, TaskInfo, TaskModel, encode_examples, save_checkpoint
+from mtgraft.resume import ResumeState, rng_state, set_rng_state
 from mtgraft.training import (
     BatchStream,
     DistContext,
@@ -210,6 +218,21 @@ def _run_dir(out: str, enabled: bool) -> Iterator[Path | None]:
         yield tmp
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` to ``dst`` (same file system: no copy), else copy it."""
+    import os
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _trainable_state(model: TaskModel) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable tensors of ``model``."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
 def _save_into(model: TaskModel, meta: CheckpointMeta, folder: Path) -> None:
     """Write a checkpoint's files into an existing folder (next to stage folders and reports)."""
     staged = folder / ".checkpoint"
@@ -259,6 +282,12 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
             **{f"n_{split}": {n: len(e) for n, e in enc[split].items()} for split in enc}}
     config = cfg.model_dump()
     config["out"] = out
+    # periodic state (crash safety): checked against the settings that shape the result
+    state = ResumeState(out)
+    conf = {k: v for k, v in config.items() if k not in ("resume", "tracking_uri", "device")}
+    if not cfg.resume and dist.is_main:
+        state.clear()  # a run without --resume starts over: drop the state of an earlier run to this folder
+    dist.wait()
     infos = [model.tasks[n] for n in names]
     tags = {"mtgraft.command": "train-multitask", "mtgraft.mode": cfg.mode, "mtgraft.tasks": ",".join(names)}
     common = {"model_type": cfg.type, "pretrained": {"name": cfg.model, "hash": pre_hash}, "data": data,
@@ -268,11 +297,16 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
         run.log_params(config)
         run.log_config(config)
         run.set_tags({"mtgraft.checkpoint": str(Path(out).resolve())})
+        rs = (state, conf)
+        if cfg.mode == "joint":
+            result, write = _joint(cfg, model, enc, names, infos, common, device, dist, run, show, rs)
+        else:
+            result, write = _sequential(cfg, model, enc, names, infos, common, device, dist, run, show, out, rs)
         with _run_dir(out, dist.is_main) as tmp:
-            if cfg.mode == "joint":
-                result = _joint(cfg, model, enc, names, infos, common, device, dist, run, tmp, show)
-            else:
-                result = _sequential(cfg, model, enc, names, infos, common, device, dist, run, tmp, show, out)
+            if tmp is not None:
+                write(tmp)
+        if dist.is_main:
+            state.clear()  # the run folder is complete: its periodic state is no longer needed
     dist.wait()
     result.checkpoint, result.mlflow_run_id, result.config, result.data = out, run.run_id, config, data
     result.processes = dist.world_size
@@ -289,8 +323,13 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
 
 
 def _loop(cfg: MultitaskConfig, model: TaskModel, stream: BatchStream, dev_encs: dict[str, Encoded], device: Any,
-          dist: DistContext, run: Any, show: bool, label: str, prefix: str) -> LoopResult:
-    """One training loop; the dev score is the mean dev accuracy over ``dev_encs``."""
+          dist: DistContext, run: Any, show: bool, label: str, prefix: str,
+          resumer: tuple[ResumeState, str, dict[str, Any]] | None = None) -> LoopResult:
+    """One training loop; the dev score is the mean dev accuracy over ``dev_encs``.
+
+    ``resumer`` = (state, name, config): the loop writes its periodic state under ``name`` at every
+    evaluation and, with ``cfg.resume``, continues from it.
+    """
     opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.head_lr)
 
     def dev_eval() -> dict[str, float]:
@@ -308,19 +347,21 @@ def _loop(cfg: MultitaskConfig, model: TaskModel, stream: BatchStream, dev_encs:
 
         return train_loop(model, stream, dev_eval, optimizer=opt, max_steps=cfg.max_steps, eval_every=cfg.eval_every,
                           grad_clip=cfg.grad_clip, device=device, precision=cfg.precision,
-                          l1_to_pretrained=cfg.l1_to_pretrained, progress=prog, on_eval=on_eval, dist=dist)
+                          l1_to_pretrained=cfg.l1_to_pretrained, progress=prog, on_eval=on_eval, dist=dist,
+                          resumer=resumer, resume=cfg.resume)
 
 
 def _joint(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str, Encoded]], names: list[str],
            infos: list[TaskInfo], common: dict[str, Any], device: Any, dist: DistContext, run: Any,
-           tmp: Path | None, show: bool) -> MultitaskResult:
+           show: bool, rs: tuple[ResumeState, dict[str, Any]]) -> tuple[MultitaskResult, Callable[[Path], None]]:
     sizes = [len(enc["train"][n]) for n in names]
     weights = sampling_weights(sizes, cfg.sampling, cfg.temperature)
     sampling = {"rule": cfg.sampling, "temperature": cfg.temperature if cfg.sampling == "temperature" else None,
                 "weights": dict(zip(names, weights, strict=True))}
     run.log_metrics({f"sampling/{safe_key(n)}": w for n, w in zip(names, weights, strict=True)})
     stream = BatchStream([enc["train"][n] for n in names], cfg.batch_size, cfg.seed, weights)
-    res = _loop(cfg, model, stream, enc["dev"], device, dist, run, show, f"joint {'+'.join(names)}", "dev/")
+    res = _loop(cfg, model, stream, enc["dev"], device, dist, run, show, f"joint {'+'.join(names)}", "dev/",
+                resumer=(rs[0], "joint", rs[1]))
     test = eval_tasks(model, enc["test"], device, cfg.precision)
     dev = eval_tasks(model, enc["dev"], device, cfg.precision)
     for n in names:
@@ -329,57 +370,96 @@ def _joint(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str, Enco
     run.log_metrics({"test/mean_accuracy": float(np.mean([test[n]["accuracy"] for n in names])),
                      "best_step": res.best_step, "examples_per_second": res.examples_per_second,
                      "train_seconds": res.train_seconds})
-    if tmp is not None:
+
+    def write(tmp: Path) -> None:
         meta = CheckpointMeta(tasks=infos, mode="joint", order=names, mlflow_run_id=run.run_id,
                               metrics={"test": test, "dev": dev, "best_step": res.best_step, "sampling": sampling},
                               provenance=provenance(), **common)
         _save_into(model, meta, tmp)
+
     return MultitaskResult(names, "joint", "", test, dev, res.steps, res.train_seconds, res.examples_per_second,
-                           None, {}, {}, best_step=res.best_step, sampling=sampling)
+                           None, {}, {}, best_step=res.best_step, sampling=sampling), write
 
 
 def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str, Encoded]], names: list[str],
                 infos: list[TaskInfo], common: dict[str, Any], device: Any, dist: DistContext, run: Any,
-                tmp: Path | None, show: bool, out: str) -> MultitaskResult:
+                show: bool, out: str,
+                rs: tuple[ResumeState, dict[str, Any]]) -> tuple[MultitaskResult, Callable[[Path], None]]:
     from mtgraft.evaluation.continual import continual_metrics, mlflow_metric_keys, save_accuracy_matrix
 
+    state, conf = rs
     T = len(names)
     r0 = [m["accuracy"] for m in eval_tasks(model, enc["test"], device, cfg.precision, full=False).values()]
     R = np.full((T, T), math.nan)
     stages: list[dict[str, Any]] = []
     total_seconds, total_seen, test = 0.0, 0, {}
+    # What the finished stages produced, kept in the periodic state with the model after the last of them and
+    # the RNG states there: a resumed run skips those stages and starts from that model.
+    done: list[dict[str, Any]] = []
+    saved = state.load("stages", conf) if cfg.resume else None
+    if saved is not None:
+        done = saved["done"]
+        with torch.no_grad():
+            named = dict(model.named_parameters())
+            for n, v in saved["params"].items():
+                named[n].copy_(v)
+        set_rng_state(saved["rng"])
     for t, name in enumerate(names):
+        folder = f"stage_{t + 1}_{safe_key(name)}"
+        seen = names[: t + 1]
+        if t < len(done):  # finished before the run was killed; its checkpoint is in the state folder
+            d = done[t]
+            R[t] = d["accuracy_row"]
+            test, stage = d["test"], d["stage"]
+            total_seconds += d["train_seconds"]
+            total_seen += d["examples_seen"]
+            stages.append(stage)
+            run.log_metrics({f"acc/stage_{t + 1}/task_{safe_key(n)}": R[t, i] for i, n in enumerate(names)})
+            continue
         stream = BatchStream([enc["train"][name]], cfg.batch_size, cfg.seed)
         t0 = time.perf_counter()
         res = _loop(cfg, model, stream, {name: enc["dev"][name]}, device, dist, run, show,
-                    f"stage {t + 1}/{T} {name}", f"stage_{t + 1}/dev/")
+                    f"stage {t + 1}/{T} {name}", f"stage_{t + 1}/dev/", resumer=(state, f"stage-{t + 1}", conf))
         total_seconds += res.train_seconds
         total_seen += res.examples_seen
         test = eval_tasks(model, enc["test"], device, cfg.precision)
         R[t] = [test[n]["accuracy"] for n in names]
         run.log_metrics({f"acc/stage_{t + 1}/task_{safe_key(n)}": R[t, i] for i, n in enumerate(names)})
-        folder = f"stage_{t + 1}_{safe_key(name)}"
-        seen = names[: t + 1]
         stage = {"stage": t + 1, "task": name, "checkpoint": str(Path(out) / folder), "best_step": res.best_step,
                  "best_dev": res.best_dev, "steps": res.steps, "train_seconds": round(res.train_seconds, 3),
                  "wall_seconds": round(time.perf_counter() - t0, 3)}
         stages.append(stage)
-        if tmp is not None:
+        done.append({"accuracy_row": R[t].tolist(), "test": test, "stage": stage,
+                     "train_seconds": res.train_seconds, "examples_seen": res.examples_seen})
+        if dist.is_main:
             meta = CheckpointMeta(tasks=infos[: t + 1], mode="sequential", order=seen, mlflow_run_id=run.run_id,
                                   metrics={"stage": t + 1, "test": {n: test[n] for n in seen},
                                            "best_step": res.best_step, "accuracy_row": R[t].tolist()},
                                   provenance=provenance(), **common)
-            save_checkpoint(subset_model(model, seen), meta, tmp / folder)
+            # the stage checkpoint waits in the state folder (it outlives a kill) and moves into the run folder
+            # at the end; then the stage is recorded as finished and its loop state is dropped
+            save_checkpoint(subset_model(model, seen), meta, state.dir / folder)
+            state.save("stages", {"done": done, "params": _trainable_state(model), "rng": rng_state()}, conf)
+            state.path(f"stage-{t + 1}").unlink(missing_ok=True)
     cont = continual_metrics(R, r0)
     run.log_metrics(mlflow_metric_keys(R, names, r0))
     dev = eval_tasks(model, enc["dev"], device, cfg.precision)
     for n in names:
         run.log_metrics(test[n], prefix=f"test/{safe_key(n)}/")
-    files: dict[str, str] = {}
     matrix = [[None if not math.isfinite(v) else float(v) for v in row] for row in R]
-    if tmp is not None:
-        files = {k: str(v) for k, v in save_accuracy_matrix(R, names, tmp, r0).items()}
-        for f in files.values():
+    eps = total_seen / total_seconds if total_seconds > 0 else float("nan")
+    result = MultitaskResult(names, "sequential", "", test, dev, cfg.max_steps * T, total_seconds, eps, None, {}, {},
+                             stages=stages, accuracy_matrix=matrix, r0=r0, continual=cont, files={})
+
+    def write(tmp: Path) -> None:
+        for t, name in enumerate(names):
+            folder = f"stage_{t + 1}_{safe_key(name)}"
+            src = state.dir / folder
+            if not (src / "mtgraft.json").is_file():
+                raise MtgraftError(f"the checkpoint of stage {t + 1} ({src}) is missing; rerun without --resume")
+            shutil.copytree(src, tmp / folder, copy_function=_link_or_copy)
+        result.files = {k: str(v) for k, v in save_accuracy_matrix(R, names, tmp, r0).items()}
+        for f in result.files.values():
             run.log_artifact(f, "continual")
         rel_stages = [{**s, "checkpoint": Path(s["checkpoint"]).name} for s in stages]
         meta = CheckpointMeta(tasks=infos, mode="sequential", order=names, mlflow_run_id=run.run_id,
@@ -389,9 +469,8 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
         _save_into(model, meta, tmp)
         write_json(tmp / "stages.json", {"order": names, "stages": rel_stages, "r0": r0,
                                          "r0_note": R0_NOTE.get(cfg.type)})
-    eps = total_seen / total_seconds if total_seconds > 0 else float("nan")
-    return MultitaskResult(names, "sequential", "", test, dev, cfg.max_steps * T, total_seconds, eps, None, {}, {},
-                           stages=stages, accuracy_matrix=matrix, r0=r0, continual=cont, files=files)
+
+    return result, write
 
 
 def stage_dirs(run_dir: str | Path) -> list[tuple[str, Path]]:
