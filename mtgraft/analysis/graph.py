@@ -154,8 +154,9 @@ def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
         colors = [cmap[G.nodes[v].get("community", 0) % len(cmap)] for v in G.nodes]
         if G.number_of_edges():
             le = [max(d["log2_enrichment"], 0.0) for _, _, d in G.edges(data=True)]
-            top = max(max(le), 1.0)
-            widths = [1.0 + 8.0 * x / top for x in le]  # the strongest edge is 9 pt wide
+            lo, hi = min(le), max(le)
+            # weakest edge 1.5 pt, strongest 9 pt: differences stay visible when every edge is far above chance
+            widths = [1.5 + 7.5 * (x - lo) / (hi - lo) if hi > lo else 5.0 for x in le]
             nx.draw_networkx_edges(G, pos, ax=ax, width=widths, edge_color="#555555", alpha=0.6)
             labels = {(u, v): (f"{d['enrichment']:.2g}×" if d["enrichment"] < 10 else f"{d['enrichment']:.0f}×")
                       for u, v, d in G.edges(data=True)}
@@ -173,10 +174,10 @@ def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
         ax.set_xlim(xs.min() - padx, xs.max() + padx)
         ax.set_ylim(ys.min() - pady, ys.max() + pady)
     me, mp = G.graph.get("min_enrichment"), G.graph.get("max_p")
-    sub = (f"edges: enrichment ≥ {me:g} and p ≤ {mp:g}; width ~ log2 enrichment (relative); "
+    sub = (f"edges: enrichment ≥ {me:g} and p ≤ {mp:g}; width ~ log2 enrichment (weakest to strongest edge)\n"
            "node area ~ region size; colour = community") if me is not None else ""
     ax.set_title((title + "\n" if title else "") + sub, fontsize=9)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.02)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.02)
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     return path
