@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app
-from cli.common import console, handle_errors, print_json
+from cli.common import console, handle_errors, print_json, table_out
 from mtgraft.errors import DataUnavailableError, MtgraftError
 
 tasks_app = typer.Typer(help="The task catalog: offline package-file tasks, hub tasks, local YAML tasks.",
@@ -49,7 +49,7 @@ def tasks_list(
     for r in rows:
         t.add_row(r["name"], r["source"], r["domain"], ", ".join(r["labels"]), "yes" if r["offline"] else "no",
                   _size({"train": r["train"], "test": r["test"]} if r["cached"] else None))
-    console.print(t)
+    table_out.print(t)
     console.print("Local tasks: pass the path of a task YAML wherever a task name goes (docs/tasks.md).")
 
 
@@ -110,7 +110,7 @@ def tasks_show(
         t.add_row("data", f"[yellow]unavailable[/]: {unavailable}")
     else:
         t.add_row("data", "not fetched yet ('mtgraft data fetch " + spec.name + "')")
-    console.print(t)
+    table_out.print(t)
 
 
 def _has_test(spec: Any) -> bool:

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from cli.app import app
-from cli.common import console, handle_errors, print_json, resolve
+from cli.common import console, handle_errors, print_json, resolve, table_out
 from mtgraft.evaluation.runner import EvalConfig
 from mtgraft.grafting import GraftConfig
 
@@ -151,6 +151,6 @@ def methods_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
         t.add_column(c)
     for m in METHODS.values():
         t.add_row(m.name, "yes" if m.learned else "no", m.description, m.reference)
-    console.print(t)
+    table_out.print(t)
     for name, r in RECIPES.items():
         console.print(f"recipe [bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in r.items()))

@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from cli.app import app
-from cli.common import console, handle_errors, print_json
+from cli.common import console, handle_errors, print_json, table_out
 from mtgraft.errors import MtgraftError
 
 masks_app = typer.Typer(
@@ -41,11 +41,11 @@ def _print_wide(table: Table) -> None:
     from rich.console import Console
     from rich.measure import Measurement
 
-    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    if natural <= console.width:
-        console.print(table)
+    natural = Measurement.get(table_out, table_out.options.update(width=10_000), table).maximum
+    if natural <= table_out.width:
+        table_out.print(table)
     else:
-        Console(stderr=True, width=natural).print(table)
+        Console(width=natural).print(table)
 
 
 def _f(v: Any, fmt: str = ".4f") -> str:
@@ -113,7 +113,7 @@ def show_cmd(
             t.add_row(f"lineage {k}", str(v))
     if info.get("description"):
         t.add_row("description", info["description"])
-    console.print(t)
+    table_out.print(t)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

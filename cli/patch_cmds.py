@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.app import app
-from cli.common import console, handle_errors, print_json
+from cli.common import console, handle_errors, print_json, table_out
 from mtgraft.errors import MtgraftError
 
 patch_app = typer.Typer(help="Inspect, compare, stitch and apply SkillPatch files.", no_args_is_help=True)
@@ -76,7 +76,7 @@ def info_cmd(
         t.add_row(k, v)
     for k, v in h.metrics.items():
         t.add_row(f"metric {k}", _fmt_metric(v))
-    console.print(t)
+    table_out.print(t)
     console.print(SPARSITY_NOTE)
 
 
@@ -111,7 +111,7 @@ def compare_cmd(
     for k, v in out.items():
         if k not in ("a", "b", "task_a", "task_b"):
             t.add_row(k, f"{v:.4f}" if isinstance(v, float) else f"{v:,}")
-    console.print(t)
+    table_out.print(t)
     console.print("containment_a_in_b = |a∩b| / |b|; chance = |a|·|b| / |P| for random regions of the same sizes")
 
 

@@ -216,7 +216,7 @@ def test_cli_list_show_pull_alias_delete(mlflow_local_uri, make_skillpatch, tmp_
     rows = json.loads(r.stdout)["masks"]
     assert [(x["version"], x["aliases"], x["rel"]) for x in rows] == [("1", ["best"], 0.9), ("2", ["latest"], 0.6)]
     r = runner.invoke(app, ["masks", "list", *u])
-    assert r.exit_code == 0 and "skill.sst2.minilm-abababab" in r.stderr and "0.9000" in r.stderr
+    assert r.exit_code == 0 and "skill.sst2.minilm-abababab" in r.stdout and "0.9000" in r.stdout
 
     r = runner.invoke(app, ["masks", "show", f"{NAME}@best", "--json", *u])
     assert json.loads(r.stdout)["tags"]["mtgraft.patch_sha256"] == sha256_file(a)

@@ -44,11 +44,12 @@ def test_tasks_list_json() -> None:
     assert by_name["sst2"]["offline"] is False
 
 
-def test_tasks_list_table_goes_to_stderr() -> None:
+def test_tasks_list_table_goes_to_stdout() -> None:
+    """A listing is the command's output: it can be piped (`mtgraft tasks list | grep sentiment`)."""
     res = runner.invoke(app, ["tasks", "list"])
     assert res.exit_code == 0
-    assert res.stdout == ""
-    assert "rotten_tomatoes" in res.stderr
+    assert "rotten_tomatoes" in res.stdout
+    assert "rotten_tomatoes" not in res.stderr
 
 
 def test_tasks_show_local_yaml_json(tmp_path: Path) -> None:
