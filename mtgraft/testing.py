@@ -69,3 +69,58 @@ def make_tiny_checkpoint(out: str | Path, pretrained: str, task: str, model_type
                           order=[spec.name])
     save_checkpoint(model, meta, out)
     return str(out)
+
+
+TOPIC_ROWS = [
+    ("The striker scored twice in the second half.", "sport"),
+    ("Our goalkeeper saved a penalty in the final minute.", "sport"),
+    ("The marathon runners crossed the bridge at dawn.", "sport"),
+    ("She won the tennis match in three sets.", "sport"),
+    ("The team trained hard before the championship game.", "sport"),
+    ("A late goal gave the visitors the cup.", "sport"),
+    ("Simmer the onions slowly until they turn golden.", "food"),
+    ("Add a pinch of salt to the boiling pasta water.", "food"),
+    ("The bread dough must rise for two hours.", "food"),
+    ("Roast the peppers and peel off the skins.", "food"),
+    ("Whisk the eggs with sugar until pale and fluffy.", "food"),
+    ("Serve the soup with fresh herbs and cream.", "food"),
+]
+
+
+def write_topic_task(folder: Path) -> str:
+    """A second tiny local task (sport vs food sentences written for this test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["text,topic"] + [f'"{t}",{y}' for t, y in TOPIC_ROWS]
+    (folder / "topic.csv").write_text("\n".join(lines) + "\n")
+    (folder / "topic.yaml").write_text(
+        "name: tiny_topic\ntrain: topic.csv\ntext_column: text\nlabel_column: topic\nlabels: [food, sport]\n"
+        "label_words: [food, sport]\ntemplate: \"{x} This is about {mask} .\"\ndomain: topic\n")
+    return str(folder / "topic.yaml")
+
+
+def kill_when_state_reaches(cmd: list[str], state: Path, min_step: int, env: dict[str, str], cwd: str | Path,
+                            timeout: float = 300) -> int | None:
+    """Start ``cmd`` in its own session; SIGKILL it (and its children) once its periodic resume state file
+    ``state`` records a step ≥ ``min_step``. Returns that step, or None if the run ended first."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                            start_new_session=True)
+    killed_at = None
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file():
+            try:
+                step = torch.load(state, weights_only=False)["state"]["step"]
+            except Exception:  # caught mid-rename: try again
+                step = 0
+            if step >= min_step:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    return killed_at

@@ -6,48 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from mtgraft.errors import MtgraftError
-from mtgraft.testing import example_task_yaml, make_tiny_model
+from mtgraft.testing import example_task_yaml, kill_when_state_reaches, make_tiny_model, write_topic_task
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 100  # per run (joint) or per stage (sequential)
-TOPIC_ROWS = [
-    ("The striker scored twice in the second half.", "sport"),
-    ("Our goalkeeper saved a penalty in the final minute.", "sport"),
-    ("The marathon runners crossed the bridge at dawn.", "sport"),
-    ("She won the tennis match in three sets.", "sport"),
-    ("The team trained hard before the championship game.", "sport"),
-    ("A late goal gave the visitors the cup.", "sport"),
-    ("Simmer the onions slowly until they turn golden.", "food"),
-    ("Add a pinch of salt to the boiling pasta water.", "food"),
-    ("The bread dough must rise for two hours.", "food"),
-    ("Roast the peppers and peel off the skins.", "food"),
-    ("Whisk the eggs with sugar until pale and fluffy.", "food"),
-    ("Serve the soup with fresh herbs and cream.", "food"),
-]
-
-
-def write_topic_task(folder: Path) -> str:
-    """A second tiny local task (sport vs food sentences), as in tests/unit/test_multitask.py."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["text,topic"] + [f'"{t}",{y}' for t, y in TOPIC_ROWS]
-    (folder / "topic.csv").write_text("\n".join(lines) + "\n")
-    (folder / "topic.yaml").write_text(
-        "name: tiny_topic\ntrain: topic.csv\ntext_column: text\nlabel_column: topic\nlabels: [food, sport]\n"
-        "label_words: [food, sport]\ntemplate: \"{x} This is about {mask} .\"\ndomain: topic\n")
-    return str(folder / "topic.yaml")
-
-
 @pytest.fixture()
 def setup(tmp_path, mlflow_db_template):
     db = tmp_path / "mlflow.db"
@@ -77,22 +47,7 @@ def _run(s: dict, cmd: list[str]) -> dict:
 
 def _kill_when(s: dict, cmd: list[str], state: Path, min_step: int) -> int:
     """Start ``cmd``; SIGKILL it once its periodic state ``state`` has reached ``min_step``; the step killed at."""
-    proc = subprocess.Popen(cmd, env=s["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=s["dir"],
-                            start_new_session=True)
-    killed_at = None
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file():
-            try:
-                step = torch.load(state, weights_only=False)["state"]["step"]
-            except Exception:  # caught mid-rename: try again
-                step = 0
-            if step >= min_step:
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed_at = step
-                break
-        time.sleep(0.01)
-    proc.wait(timeout=60)
+    killed_at = kill_when_state_reaches(cmd, state, min_step, s["env"], s["dir"])
     assert killed_at is not None and killed_at < STEPS, "the run finished before it could be killed"
     return killed_at
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtgraft.testing import example_task_yaml, make_tiny_model
+from mtgraft.testing import example_task_yaml, kill_when_state_reaches, make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,22 +40,7 @@ def test_train_kill_and_resume_is_bit_identical(tmp_path):
 
     out = tmp_path / "killed"
     state = tmp_path / "killed.resume" / "train.pt"
-    proc = subprocess.Popen(_cmd(model, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                            start_new_session=True)
-    killed_at = None
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file():
-            try:
-                step = torch.load(state, weights_only=False)["state"]["step"]
-            except Exception:
-                step = 0
-            if step >= 30:
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed_at = step
-                break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
+    killed_at = kill_when_state_reaches(_cmd(model, out), state, 30, env, tmp_path)
     assert killed_at is not None and killed_at < 120, "the run finished before it could be killed"
     assert not out.exists()
 

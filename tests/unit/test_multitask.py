@@ -22,36 +22,10 @@ from mtgraft.evaluation.continual import continual_metrics
 from mtgraft.grafting import GraftConfig, run_graft
 from mtgraft.models import encode_examples, load_checkpoint, read_checkpoint_meta
 from mtgraft.tasks import get_task, make_splits
-from mtgraft.testing import example_task_yaml, make_tiny_model
+from mtgraft.testing import example_task_yaml, make_tiny_model, write_topic_task
 from mtgraft.training import predict_probs
 from mtgraft.training.continual import ContinualGraftConfig, approach_metrics, continual_graft
 from mtgraft.training.multitask import MultitaskConfig, sampling_weights, train_multitask
-
-TOPIC_ROWS = [
-    ("The striker scored twice in the second half.", "sport"),
-    ("Our goalkeeper saved a penalty in the final minute.", "sport"),
-    ("The marathon runners crossed the bridge at dawn.", "sport"),
-    ("She won the tennis match in three sets.", "sport"),
-    ("The team trained hard before the championship game.", "sport"),
-    ("A late goal gave the visitors the cup.", "sport"),
-    ("Simmer the onions slowly until they turn golden.", "food"),
-    ("Add a pinch of salt to the boiling pasta water.", "food"),
-    ("The bread dough must rise for two hours.", "food"),
-    ("Roast the peppers and peel off the skins.", "food"),
-    ("Whisk the eggs with sugar until pale and fluffy.", "food"),
-    ("Serve the soup with fresh herbs and cream.", "food"),
-]
-
-
-def write_topic_task(folder: Path) -> str:
-    """A second tiny local task (sport vs food sentences written for this test)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["text,topic"] + [f'"{t}",{y}' for t, y in TOPIC_ROWS]
-    (folder / "topic.csv").write_text("\n".join(lines) + "\n")
-    (folder / "topic.yaml").write_text(
-        "name: tiny_topic\ntrain: topic.csv\ntext_column: text\nlabel_column: topic\nlabels: [food, sport]\n"
-        "label_words: [food, sport]\ntemplate: \"{x} This is about {mask} .\"\ndomain: topic\n")
-    return str(folder / "topic.yaml")
 
 
 @pytest.fixture(scope="module")
