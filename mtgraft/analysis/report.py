@@ -447,6 +447,10 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
         doms = sorted({dom[r["a"]] for r in same})
         ratio = ms / mc if mc > 0 else math.inf
         verdict = "more than" if ratio >= 1.25 else "less than" if ratio <= 0.8 else "about as much as"
+        mw = domain_cmp.get("mannwhitney_p_greater")
+        if verdict == "about as much as" and mw is not None and mw <= ALPHA and ratio > 1:
+            # a small but consistent difference: say both
+            verdict = f"slightly but consistently more than ({(ratio - 1) * 100:.0f}% higher median enrichment)"
         extra = (f", one-sided Mann–Whitney p = {fmt_p(domain_cmp['mannwhitney_p_greater'])}"
                  if "mannwhitney_p_greater" in domain_cmp else "")
         lines.append(

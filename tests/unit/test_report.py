@@ -360,3 +360,19 @@ def test_cli_refuses_files_and_selectors_together(tmp_path):
     r = CliRunner().invoke(cli_app.app, ["overlap-report", "--patches", "a.safetensors", "--task", "imdb", "--no-track"])
     assert r.exit_code == 2
     assert "not both" in r.output
+
+
+def test_summary_calls_a_small_consistent_domain_difference_by_its_name():
+    """Every same-domain pair a little above every cross-domain pair (ratio < 1.25, Mann–Whitney p < 0.05):
+    the summary must not call that 'about as much'."""
+    tbl = [("backbone.encoder.layer.0.intermediate.dense.weight", [1000, 1000])]
+    core = np.arange(300)  # in every region
+    senti = np.arange(1000, 1040)  # 40 more entries shared by the sentiment tasks only
+    tasks = ["rotten_tomatoes", "movie_polarity", "imdb", "hedge", "debate_party", "chat_topic"]
+    ps = []
+    for i, t in enumerate(tasks):
+        own = 10_000 + 1000 * i + np.arange(700)
+        idx = np.r_[core, senti, own[:660]] if i < 3 else np.r_[core, own]
+        ps.append(make_patch(t, idx, table=tbl))
+    text = " ".join(analyse(ps)["summary"]["sentences"])
+    assert "Tasks of the same domain (sentiment) overlap slightly but consistently more than" in text, text
