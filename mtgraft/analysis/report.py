@@ -809,10 +809,21 @@ def transfer_figures(transfer: dict[str, Any], correlation: dict[str, Any] | Non
         for p in correlation["points"]:
             ax.annotate(f"{p['graft']}→{p['eval_task']}", (p["x"], p["rel"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
-        if all(x > 0 for x in xs):
-            ax.set_xscale("log")
-        ax.axvline(1.0, color="gray", linestyle="--", linewidth=0.8)
-        ax.set_xlabel(f"{correlation['x']} of the pair", fontsize=8)
+        lo_x, hi_x = min(xs), max(xs)
+        if lo_x > 2.0 and hi_x / lo_x < 10:
+            # every pair far above chance, within one decade: a linear axis on the data (a chance line at
+            # 1× would squeeze every point against the right edge)
+            span = max(hi_x - lo_x, 0.05 * hi_x)
+            ax.set_xlim(lo_x - 0.08 * span, hi_x + 0.55 * span)  # room for the labels on the right
+            note = " (chance = 1×, far off the left edge)"
+        else:
+            log = all(x > 0 for x in xs)
+            if log:
+                ax.set_xscale("log")
+            ax.axvline(1.0, color="gray", linestyle="--", linewidth=0.8)
+            ax.set_xlim(right=hi_x * 3 if log else hi_x + 0.4 * (hi_x - lo_x + 1e-9))
+            note = " (dashed: chance)"
+        ax.set_xlabel(f"{correlation['x']} of the pair{note}", fontsize=8)
         ax.set_ylabel("Rel of graft i on task j", fontsize=8)
         rho = correlation.get("rho")
         ax.set_title(f"overlap vs transfer: Spearman ρ = {rho:.2f}, n = {correlation['n']}" if rho is not None
