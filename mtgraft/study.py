@@ -331,16 +331,38 @@ def render_summary(s: dict[str, Any]) -> str:
             lines += graft_rows(g)
     else:
         R = s.get("accuracy_matrix") or []
-        lines += ["## Sequential fine-tuning: accuracy matrix R[stage, task]", ""]
-        for row in R:
-            lines.append("| " + " | ".join(_f(x) for x in row) + " |")
-        lines += ["", "Continual metrics: " + ", ".join(f"{k} {_f(v)}" for k, v in (s.get("continual") or {}).items()
-                                                      if not isinstance(v, (dict, list)))]
+        tasks = ((s.get("train") or {}).get("tasks") or (s.get("graft_cl") or {}).get("tasks")
+                 or [f"task {i + 1}" for i in range(len(R[0]) if R else 0)])
+        lines += ["## Sequential fine-tuning: accuracy matrix R[stage, task]", "",
+                  "| after stage | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for i, row in enumerate(R):
+            lines.append(f"| {i + 1} ({tasks[i] if i < len(tasks) else ''}) | " + " | ".join(_f(x) for x in row) + " |")
+        cont = {k: v for k, v in (s.get("continual") or {}).items() if not isinstance(v, (dict, list))}
+        if cont:
+            lines += ["", "| " + " | ".join(cont) + " |", "|" + "---:|" * len(cont),
+                      "| " + " | ".join(_f(v) for v in cont.values()) + " |"]
         cl = s.get("graft_cl")
         if cl:
-            lines += ["", "## Graft-based continual learning", "", "```json",
-                      json.dumps({"approaches": cl.get("approaches"), "storage": cl.get("storage")}, indent=1,
-                                 default=str)[:4000], "```"]
+            per = cl.get("per_task") or {}
+            lines += ["", "## Graft-based continual learning (test accuracy per task)", "",
+                      "| task | stage | just after its stage | final sequential model | own graft on pretrained | "
+                      "union of all grafts | region |", "|---|---:|---:|---:|---:|---:|---:|"]
+            for t, r in per.items():
+                lines.append(f"| {t} | {r.get('stage')} | {_f(r.get('just_trained'))} | {_f(r.get('sequential'))} | "
+                             f"{_f(r.get('own_graft'))} | {_f(r.get('union'))} | {r.get('region_size', 0):,} |")
+            appr = cl.get("approaches") or {}
+            if appr:
+                keys = [k for k in ("acc", "bwt", "forgetting_final", "forgetting_max", "drop_mean_all_tasks")
+                        if any(k in a for a in appr.values())]
+                lines += ["", "| approach | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+                notes = cl.get("approach_notes") or {}
+                for name, a in appr.items():
+                    label = f"{name} ({notes[name]})" if name in notes else name
+                    lines.append(f"| {label} | " + " | ".join(_f(a.get(k)) for k in keys) + " |")
+            st = cl.get("storage") or {}
+            if st.get("patches_bytes"):
+                lines += ["", f"Storage: {len(per)} SkillPatches {st['patches_bytes']:,} bytes against {len(per)} stage "
+                          f"checkpoints {st.get('checkpoints_bytes', 0):,} bytes ({_f(st.get('ratio'), 0)}× smaller)."]
     rep = s.get("report")
     if rep:
         lines += ["", "## Overlap report", "", f"Report: `{rep.get('files', {}).get('html', rep.get('out'))}`"]
