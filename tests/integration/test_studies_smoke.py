@@ -55,6 +55,12 @@ def test_study_smoke_and_resume(tiny, tmp_path, monkeypatch, study, extra):
         assert summary["report"] and Path(summary["report"]["out"], "report.html").is_file()
     else:
         assert len(summary["accuracy_matrix"]) == 2 and summary["graft_cl"]
+        md = (tmp_path / "out" / "summary.md").read_text()
+        R = summary["accuracy_matrix"]
+        assert "| after stage | hedge | rotten_tomatoes |" in md
+        assert f"| 2 (rotten_tomatoes) | {R[1][0]:.3f} | {R[1][1]:.3f} |" in md
+        own = summary["graft_cl"]["per_task"]["hedge"]["own_graft"]
+        assert f"| hedge | 1 | {R[0][0]:.3f} | {R[1][0]:.3f} | {own:.3f} |" in md
     # rerun: every stage is skipped (resumable), same summary numbers
     res2 = _run(args, tmp_path)
     assert res2.exit_code == 0, res2.output
