@@ -53,6 +53,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gd-lr1e8-u30-p5": {"recipe": "fast", "options": {"step_rule": "gd", "lr": 1e8, "updates": 30, "patience": 5}},
     "gd-lr1e8-u50-p10": {"recipe": "fast", "options": {"step_rule": "gd", "lr": 1e8, "updates": 50, "patience": 10}},
     "gd-lr1e7-u50-p10": {"recipe": "fast", "options": {"step_rule": "gd", "lr": 1e7, "updates": 50, "patience": 10}},
+    # strict budget over every entry, no early stop: the paper's drift in a fifth of its updates
+    "gd-lr5e7-u20-call": {"recipe": "paper", "options": {"budget": "strict", "step_rule": "gd", "lr": 5e7,
+                                                         "updates": 20}},
+    "gd-lr1e8-u10-call": {"recipe": "paper", "options": {"budget": "strict", "step_rule": "gd", "lr": 1e8,
+                                                         "updates": 10}},
     "norm-lr1e3-u10-p3": {"recipe": "fast", "options": {"step_rule": "normalized", "lr": 1e3, "updates": 10,
                                                         "patience": 3}},
     "gd-lr1e8-u10-p2-call": {"recipe": "paper", "options": {"budget": "strict", "step_rule": "gd", "lr": 1e8,
