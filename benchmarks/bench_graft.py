@@ -43,6 +43,7 @@ TRAIN_ARGS = ["--lr", "5e-2", "--batch-size", "8", "--max-steps", "300", "--eval
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"recipe": "paper", "options": {}},
     "fast": {"recipe": "fast", "options": {}},
+    "thorough": {"recipe": "thorough", "options": {}},
     # the base patch alone: no mask learning, so its child's cost is the fixed cost of every graft command
     # (loading, test evaluation); its Rel is what the learned graft adds to
     "topk": {"recipe": "fast", "method": "topk", "options": {}},
@@ -58,6 +59,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                                          "updates": 20}},
     "gd-lr1e8-u10-call": {"recipe": "paper", "options": {"budget": "strict", "step_rule": "gd", "lr": 1e8,
                                                          "updates": 10}},
+    # the same with mask parameters for the top 100·k entries by |delta| only (memory)
+    "gd-lr1e8-u10-c100": {"recipe": "paper", "options": {"budget": "strict", "step_rule": "gd", "lr": 1e8,
+                                                         "updates": 10, "candidates": 100}},
+    "gd-lr5e7-u20-c100": {"recipe": "paper", "options": {"budget": "strict", "step_rule": "gd", "lr": 5e7,
+                                                         "updates": 20, "candidates": 100}},
     "norm-lr1e3-u10-p3": {"recipe": "fast", "options": {"step_rule": "normalized", "lr": 1e3, "updates": 10,
                                                         "patience": 3}},
     "gd-lr1e8-u10-p2-call": {"recipe": "paper", "options": {"budget": "strict", "step_rule": "gd", "lr": 1e8,

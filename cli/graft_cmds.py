@@ -50,7 +50,7 @@ def graft_cmd(
     pretrained: str | None = typer.Option(None, "--pretrained", help="Pretrained model (default: the one the checkpoint records)."),
     sparsity: str = typer.Option("1e-4", "--sparsity", help="Comma list of region sizes as fractions of the graftable body."),
     method: str = typer.Option("graft,topk,random,bias-only", "--method", help="Comma list of methods (see 'mtgraft methods')."),
-    recipe: str = typer.Option("fast", "--recipe", help="fast (default, strict budget) | paper (reference behaviour).", rich_help_panel=LEARN),
+    recipe: str = typer.Option("fast", "--recipe", help="fast (default, strict budget) | thorough (strict, 100*k candidates, no early stop) | paper (reference behaviour).", rich_help_panel=LEARN),
     updates: int | None = typer.Option(None, "--updates", help="Mask updates (fast 10, paper 100).", rich_help_panel=LEARN),
     lr: float | None = typer.Option(None, "--lr", help="Step size on S (1e7).", rich_help_panel=LEARN),
     sigmoid_bias: float | None = typer.Option(None, "--sigmoid-bias", help="b in sigmoid(S - b) (10).", rich_help_panel=LEARN),

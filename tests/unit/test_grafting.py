@@ -158,3 +158,12 @@ def test_init_saliency_changes_the_base_patch(tiny):
     assert a.header.method_settings["init"] == "movement" and b.header.method_settings["init"] == "saliency"
     ia, ib = set(a.flat_indices().tolist()), set(b.flat_indices().tolist())
     assert len(ia) == len(ib) and ia != ib
+
+
+def test_recipes_resolve_with_explicit_options_on_top():
+    th = GraftConfig(finetuned="x", recipe="thorough").learn_settings()
+    assert th["budget"] == "strict" and th["candidates"] == 100 and th["patience"] is None
+    assert GraftConfig(finetuned="x", recipe="thorough", updates=3).learn_settings()["updates"] == 3
+    assert GraftConfig(finetuned="x", recipe="paper").learn_settings()["init"] == "movement"
+    with pytest.raises(ValueError):
+        GraftConfig(finetuned="x", recipe="slow")
