@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--sparsity", type=float, nargs="+", default=[1e-3, 1e-4])
-    p.add_argument("--variants", nargs="+", default=["topk", "fast", "paper"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["topk", "thorough", "fast", "paper"], choices=list(VARIANTS))
     p.add_argument("--max-test", type=int, default=500)
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the children (0 = unset)")
     p.add_argument("--finetuned", default=None, help="skip fine-tuning (no goal (b)): graft this checkpoint")
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
             "benchmark": "graft", "task": args.task, "k": args.k, "seed": args.seed, "max_test": args.max_test,
             "model": "minilm (all-MiniLM-L6-v2)", "train_args": TRAIN_ARGS, "threads": args.threads,
             "recipes": info["recipes"], "variants": {n: VARIANTS[n] for n in args.variants}, "finetune": ft, "rows": rows,
-            "goals": goals(rows, ft),
+            "goals": goals(rows, ft, default="thorough"),
             "goal_text": {"a": "default recipe: Rel >= paper Rel - 0.01 in <= 1/5 of the paper recipe's graft time",
                           "b": "graft command no slower than the fine-tuning command; peak RSS <= 1.2x",
                           "c": "SkillPatch bytes per grafted parameter <= 12 (safetensors header and task head aside)"},

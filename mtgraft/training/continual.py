@@ -44,7 +44,7 @@ class ContinualGraftConfig(BaseConfig):
     run: str = Field(description="folder of a sequential 'mtgraft train-multitask' run")
     sparsity: float = Field(1e-4, gt=0, le=1)
     method: str = "graft"
-    recipe: Literal["fast", "thorough", "paper"] = "fast"
+    recipe: Literal["fast", "thorough", "paper"] = "thorough"
     updates: int | None = Field(None, ge=0)
     seed: int = 13
     overlap: Literal["average", "sum", "first"] = "average"

@@ -78,7 +78,7 @@ class MultitaskConfig(TrainConfig):
     graft: bool = Field(False, description="sequential mode: graft-based continual learning after training")
     graft_sparsity: float = Field(1e-4, gt=0, le=1)
     graft_method: str = "graft"
-    graft_recipe: Literal["fast", "thorough", "paper"] = "fast"
+    graft_recipe: Literal["fast", "thorough", "paper"] = "thorough"
     graft_updates: int | None = Field(None, ge=0)
 
     @field_validator("tasks", mode="before")
