@@ -93,6 +93,13 @@ def _no_space(final: Path, e: BaseException) -> NoSpaceError | None:
     return None
 
 
+def _umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``final``; on error it is removed.
@@ -103,6 +110,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     parent = final.parent if str(final.parent) else Path(".")
     ensure_writable_dir(parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield tmp
         if final.exists():
@@ -130,6 +138,7 @@ def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the result is an ordinary file
     except OSError as e:
         raise MtgraftError(f"cannot write '{final}': {e.strerror or e}") from None
     try:
