@@ -349,7 +349,13 @@ def _pooled(bd: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _range(xs: list[int]) -> str:
-    return f"{min(xs)}" if min(xs) == max(xs) else f"{min(xs)}–{max(xs)}"
+    return _range_fmt(xs, "{}")
+
+
+def _range_fmt(xs: Sequence[float], fmt: str) -> str:
+    """'a–b' with ``fmt``, or one value when all are equal once formatted."""
+    lo, hi = fmt.format(min(xs)), fmt.format(max(xs))
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def _pairs(n: int) -> str:
@@ -391,8 +397,8 @@ def summarise(mat: dict[str, Any], pairs: list[dict[str, Any]], pooled_module: l
     mean_exp = float(np.mean([r["expected"] for r in pairs])) if pairs else 0.0
     core_expected = float(P * np.prod([s / P for s in sizes])) if P else 0.0
     lines.append(
-        f"{len(tasks)} task regions of {min(sizes):,}–{max(sizes):,} entries out of |P| = {P:,} graftable "
-        f"parameters (densities {min(sizes) / P:.2e}–{max(sizes) / P:.2e}); two random regions of these sizes "
+        f"{len(tasks)} task regions of {_range_fmt(sizes, '{:,}')} entries out of |P| = {P:,} graftable "
+        f"parameters (density {_range_fmt([x / P for x in sizes], '{:.2e}')}); two random regions of these sizes "
         f"would share {mean_exp:.1f} entries on average.")
     by = {v: [r for r in pairs if r["verdict"] == v] for v in ("beyond_chance", "chance", "below_chance", "too_small")}
     strong = sorted(by["beyond_chance"], key=lambda r: -(r["enrichment"] or 0))
@@ -885,7 +891,8 @@ def _num(x: Any, fmt: str = ".3f") -> str:
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;
-margin-top:1.8em}table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{border:1px solid #ccc;
+margin-top:1.8em}table{border-collapse:collapse;font-size:.85em;margin:.6em 0;display:block;overflow-x:auto;
+max-width:100%}th,td{border:1px solid #ccc;
 padding:.25em .5em;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.8em;color:#666}
 .summary li{margin:.3em 0}code{background:#f5f5f5;padding:0 .2em}.muted{color:#777;font-size:.85em}"""

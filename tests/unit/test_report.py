@@ -376,3 +376,10 @@ def test_summary_calls_a_small_consistent_domain_difference_by_its_name():
         ps.append(make_patch(t, idx, table=tbl))
     text = " ".join(analyse(ps)["summary"]["sentences"])
     assert "Tasks of the same domain (sentiment) overlap slightly but consistently more than" in text, text
+
+
+def test_summary_states_equal_region_sizes_once():
+    tbl = [("backbone.encoder.layer.0.intermediate.dense.weight", [100, 100])]
+    ps = [make_patch(t, np.arange(50) + 50 * k, table=tbl) for k, t in enumerate("abc")]
+    first = analyse(ps)["summary"]["sentences"][0]
+    assert first.startswith("3 task regions of 50 entries out of |P| = 10,000 graftable parameters (density 5.00e-03)")
