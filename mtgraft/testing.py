@@ -98,10 +98,21 @@ def write_topic_task(folder: Path) -> str:
     return str(folder / "topic.yaml")
 
 
+def run_cli_json(cmd: list[str], env: dict[str, str], cwd: str | Path, timeout: float = 600) -> dict:
+    """Run a ``--json`` command to the end; its JSON object (the last stdout line). Fails with its stderr."""
+    import json
+    import subprocess
+
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def kill_when_state_reaches(cmd: list[str], state: Path, min_step: int, env: dict[str, str], cwd: str | Path,
-                            timeout: float = 300) -> int | None:
+                            timeout: float = 300) -> tuple[int | None, int | None]:
     """Start ``cmd`` in its own session; SIGKILL it (and its children) once its periodic resume state file
-    ``state`` records a step ≥ ``min_step``. Returns that step, or None if the run ended first."""
+    ``state`` records a step ≥ ``min_step``. Returns that step (None if the run ended first) and the exit
+    code of the command."""
     import os
     import signal
     import subprocess
@@ -123,4 +134,4 @@ def kill_when_state_reaches(cmd: list[str], state: Path, min_step: int, env: dic
                 break
         time.sleep(0.01)
     proc.wait(timeout=60)
-    return killed_at
+    return killed_at, proc.returncode

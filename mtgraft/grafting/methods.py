@@ -84,6 +84,10 @@ def task_saliency(space: GraftSpace, enc: Encoded, steps: int = 4, batch_size: i
     """
     if enc is None or len(enc) == 0:
         raise MtgraftError("task saliency needs training examples")
+    key = ("saliency", id(enc), steps, batch_size)  # the same task data for every sparsity and method
+    hit = space.cache.get(key)
+    if hit is not None and hit[0] is enc:
+        return hit[1]
     batches = space.batches(enc, batch_size)
     total = torch.zeros_like(space.pre)
     for j in range(steps):
@@ -94,7 +98,9 @@ def task_saliency(space: GraftSpace, enc: Encoded, steps: int = 4, batch_size: i
             loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"]) / (len(batches) * steps)
             loss.backward()
         total += theta.grad.detach()
-    return -(total * space.delta)
+    scores = -(total * space.delta)
+    space.cache[key] = (enc, scores)
+    return scores
 
 
 def base_scores(ctx: SelectContext) -> torch.Tensor:
@@ -104,16 +110,17 @@ def base_scores(ctx: SelectContext) -> torch.Tensor:
     if init == "movement":
         return ctx.space.delta.abs()
     if init == "saliency":
-        return task_saliency(ctx.space, ctx.train, int(ctx.settings.get("saliency_steps", 4)),
-                             int(ctx.settings.get("batch_size", 8)))
+        return _saliency_scores(ctx)
     raise MtgraftError(f"unknown init '{init}' (movement | saliency)")
 
 
+def _saliency_scores(ctx: SelectContext) -> torch.Tensor:
+    return task_saliency(ctx.space, ctx.train, int(ctx.settings.get("saliency_steps", 4)),
+                         int(ctx.settings.get("batch_size", 8)))
+
+
 def _saliency(ctx: SelectContext) -> Selection:
-    if ctx.train is None or len(ctx.train) == 0:
-        raise MtgraftError("the saliency baseline needs training examples")
-    steps = int(ctx.settings.get("saliency_steps", 4))
-    return Selection(topk_indices(task_saliency(ctx.space, ctx.train, steps), ctx.k).cpu())
+    return Selection(topk_indices(_saliency_scores(ctx), ctx.k).cpu())
 
 
 def _random(ctx: SelectContext) -> Selection:

@@ -7,7 +7,7 @@ is rebuilt or copied per update, and no parameter names are matched per step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ class GraftSpace:
     delta: torch.Tensor  # [N]
     base_hash: str
     device: torch.device
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # data-dependent scores, per space
 
     @property
     def numel(self) -> int:

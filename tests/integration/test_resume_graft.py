@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from mtgraft.patches import SkillPatch
-from mtgraft.testing import example_task_yaml, make_tiny_checkpoint, make_tiny_model
+from mtgraft.testing import (
+    example_task_yaml,
+    kill_when_state_reaches,
+    make_tiny_checkpoint,
+    make_tiny_model,
+    run_cli_json,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,37 +50,16 @@ def _payload(result: dict) -> tuple[str, list]:
 @pytest.mark.integration
 def test_graft_kill_and_resume_is_bit_identical(ck, tmp_path):
     env = _env(tmp_path)
-    ref = subprocess.run(_graft_cmd(ck, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
-    ref_json = json.loads(ref.stdout.strip().splitlines()[-1])
+    ref_json = run_cli_json(_graft_cmd(ck, tmp_path / "ref"), env, tmp_path)
 
     out = tmp_path / "killed"
     state = tmp_path / "killed.resume" / "learn-graft-s0.01.pt"
-    proc = subprocess.Popen(_graft_cmd(ck, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file():
-            try:
-                step = torch.load(state, weights_only=False)["state"]["step"]
-            except Exception:  # being replaced right now
-                step = 0
-            if step >= 5:
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed_at = step
-                break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
+    killed_at, rc = kill_when_state_reaches(_graft_cmd(ck, out), state, 5, env, tmp_path)
     assert killed_at is not None, "the run finished before it could be killed"
-    assert proc.returncode == -signal.SIGKILL
+    assert rc == -signal.SIGKILL
     assert not out.exists()  # nothing half-written at --out
 
-    res = subprocess.run(_graft_cmd(ck, out, "--resume"), env=env, capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    resumed = json.loads(res.stdout.strip().splitlines()[-1])
+    resumed = run_cli_json(_graft_cmd(ck, out, "--resume"), env, tmp_path)
     assert _payload(resumed) == _payload(ref_json)
     hist = json.loads((out / "results.json").read_text())
     assert hist["results"][0]["updates_run"] == 30
@@ -88,10 +71,7 @@ def test_graft_twice_same_patch_and_metrics(ck, tmp_path):
     env = _env(tmp_path)
     runs = []
     for name in ("a", "b"):
-        r = subprocess.run(_graft_cmd(ck, tmp_path / name, "--updates", "5"), env=env, capture_output=True,
-                           text=True, timeout=600, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
-        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        runs.append(run_cli_json(_graft_cmd(ck, tmp_path / name, "--updates", "5"), env, tmp_path))
     assert _payload(runs[0]) == _payload(runs[1])
     pa = SkillPatch.load(runs[0]["results"][0]["patch"])
     pb = SkillPatch.load(runs[1]["results"][0]["patch"])

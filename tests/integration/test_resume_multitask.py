@@ -3,18 +3,22 @@ and checkpoint files bit for bit as an uninterrupted run; a sequential run also 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from mtgraft.errors import MtgraftError
-from mtgraft.testing import example_task_yaml, kill_when_state_reaches, make_tiny_model, write_topic_task
+from mtgraft.testing import (
+    example_task_yaml,
+    kill_when_state_reaches,
+    make_tiny_model,
+    run_cli_json,
+    write_topic_task,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 100  # per run (joint) or per stage (sequential)
@@ -40,14 +44,12 @@ def _cmd(s: dict, mode: str, out: Path, *extra: str) -> list[str]:
 
 
 def _run(s: dict, cmd: list[str]) -> dict:
-    r = subprocess.run(cmd, env=s["env"], capture_output=True, text=True, timeout=600, cwd=s["dir"])
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_cli_json(cmd, s["env"], s["dir"])
 
 
 def _kill_when(s: dict, cmd: list[str], state: Path, min_step: int) -> int:
     """Start ``cmd``; SIGKILL it once its periodic state ``state`` has reached ``min_step``; the step killed at."""
-    killed_at = kill_when_state_reaches(cmd, state, min_step, s["env"], s["dir"])
+    killed_at, _ = kill_when_state_reaches(cmd, state, min_step, s["env"], s["dir"])
     assert killed_at is not None and killed_at < STEPS, "the run finished before it could be killed"
     return killed_at
 

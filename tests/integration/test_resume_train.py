@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtgraft.testing import example_task_yaml, kill_when_state_reaches, make_tiny_model
+from mtgraft.testing import example_task_yaml, kill_when_state_reaches, make_tiny_model, run_cli_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,21 +31,15 @@ def _weights(ck: Path) -> dict[str, torch.Tensor]:
 def test_train_kill_and_resume_is_bit_identical(tmp_path):
     model = make_tiny_model("head", tmp_path / "tiny", seed=11)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(ROOT)}
-    ref = subprocess.run(_cmd(model, tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
-    ref_json = json.loads(ref.stdout.strip().splitlines()[-1])
+    ref_json = run_cli_json(_cmd(model, tmp_path / "ref"), env, tmp_path)
 
     out = tmp_path / "killed"
     state = tmp_path / "killed.resume" / "train.pt"
-    killed_at = kill_when_state_reaches(_cmd(model, out), state, 30, env, tmp_path)
+    killed_at, _ = kill_when_state_reaches(_cmd(model, out), state, 30, env, tmp_path)
     assert killed_at is not None and killed_at < 120, "the run finished before it could be killed"
     assert not out.exists()
 
-    res = subprocess.run(_cmd(model, out, "--resume"), env=env, capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    got = run_cli_json(_cmd(model, out, "--resume"), env, tmp_path)
     assert got["test"] == ref_json["test"] and got["dev"] == ref_json["dev"]
     assert got["best_step"] == ref_json["best_step"]
     a, b = _weights(tmp_path / "ref"), _weights(out)
