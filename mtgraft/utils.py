@@ -1,4 +1,8 @@
-"""Small shared helpers: cache folder, atomic writes, content hashes, seeding, devices, provenance."""
+"""Small shared helpers: cache folder, atomic writes, names, numbers, content hashes, seeding, devices, provenance.
+
+Layer 1 (see docs/architecture.md): imports nothing of mtgraft but ``errors``. torch and numpy are imported
+inside the functions that need them, so that importing this module (and the CLI) stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,44 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import random
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mtgraft.errors import MtgraftError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def safe_name(s: str) -> str:
+    """A file-name-safe version of ``s`` (runs of other characters become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+def finite_or_none(x: Any) -> float | None:
+    """``float(x)`` when it is a finite number, else None (for JSON, tables and MLflow)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def default_out(kind: str, name: str) -> str:
+    """Default output folder ``runs/<kind>/<name>-<timestamp>``."""
+    return str(Path("runs") / kind / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def cache_dir() -> Path:
@@ -50,6 +79,8 @@ def content_hash(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
 
     Used to identify a base model by the content of its graftable tensors.
     """
+    import torch
+
     h = hashlib.sha256()
     for name, t in named_tensors:
         t = t.detach().to("cpu").contiguous()
@@ -164,21 +195,28 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
+    # numpy and torch objects can only exist when their modules were imported: look them up, never import
+    np = sys.modules.get("numpy")
+    torch = sys.modules.get("torch")
+    if np is not None:
+        if isinstance(o, np.integer):
+            return int(o)
+        if isinstance(o, np.floating):
+            return float(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
     if isinstance(o, Path):
         return str(o)
-    if isinstance(o, torch.Tensor):
+    if torch is not None and isinstance(o, torch.Tensor):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -186,6 +224,8 @@ def set_seed(seed: int) -> None:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

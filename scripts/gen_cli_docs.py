@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from cli import app as appmod
+    from mtgraft.cli import app as appmod
 
     appmod._register()
     cmd = get_command(appmod.app)

@@ -1008,7 +1008,7 @@ def analyse(
     transfer = correlation = correlation_c = None
     if with_transfer:
         from mtgraft.analysis.transfer import overlap_transfer_correlation, transfer_analysis
-        from mtgraft.training import progress_bar
+        from mtgraft.progress import progress_bar
 
         n_est = len(labels) * (len(labels) + 2) + sum(len(u) for u in unions)
         with progress_bar(n_est, "transfer", show_progress) as upd:

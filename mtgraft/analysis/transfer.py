@@ -92,7 +92,7 @@ class GraftEvaluator:
         """Accuracy of the model with ``params`` overriding its graftable tensors."""
         from torch.func import functional_call
 
-        from mtgraft.training import accuracy, predict_probs
+        from mtgraft.evaluation.predict import accuracy, predict_probs
 
         p = dict(params)
         probs = predict_probs(self.model, enc, batch_size, self.device,

@@ -1,4 +1,5 @@
-"""Evaluation: classification metrics (accuracy, F1, ECE, Brier, agreement, Rel) and continual metrics."""
+"""Evaluation (layer 3): prediction, classification metrics (accuracy, F1, ECE, Brier, agreement, Rel) and
+continual metrics. ``mtgraft.evaluation.runner`` is ``mtgraft eval``."""
 
 from mtgraft.evaluation.continual import continual_metrics, mlflow_metric_keys, save_accuracy_matrix
 from mtgraft.evaluation.metrics import (
@@ -10,8 +11,13 @@ from mtgraft.evaluation.metrics import (
     reliability_bins,
     reliability_diagram,
 )
+from mtgraft.evaluation.predict import accuracy, autocast_ctx, evaluate_probs, predict_probs
 
 __all__ = [
+    "accuracy",
+    "autocast_ctx",
+    "evaluate_probs",
+    "predict_probs",
     "agreement",
     "brier",
     "classification_metrics",

@@ -102,8 +102,9 @@ def recorded_task(name: str, meta: CheckpointMeta | None, what: str) -> Any:
 def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Accuracy, macro-F1, ECE (10 bins), Brier, agreement with the fine-tuned model, Rel, OOD."""
     from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
+    from mtgraft.evaluation.predict import evaluate_probs, predict_probs
     from mtgraft.tasks import compatible, get_task, make_splits
-    from mtgraft.training import default_out, evaluate_probs, predict_probs
+    from mtgraft.utils import default_out
 
     if bool(cfg.model) == bool(cfg.patch):
         raise MtgraftError("give exactly one of --model DIR or --patch PATCH")

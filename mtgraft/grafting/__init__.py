@@ -175,7 +175,7 @@ def run_graft(cfg: GraftConfig, show_progress: bool = True) -> list[GraftResult]
     else:
         raise MtgraftError("give --task T (or --all-tasks for a multi-task checkpoint)")
     if len(tasks) > 1:
-        from mtgraft.training import default_out
+        from mtgraft.utils import default_out
 
         base = Path(cfg.out or default_out("graft", "all-tasks"))
         return [graft_task(cfg.model_copy(update={"out": str(base / safe_name(info.name))}), t, meta, show_progress)
@@ -185,10 +185,12 @@ def run_graft(cfg: GraftConfig, show_progress: bool = True) -> list[GraftResult]
 
 def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_progress: bool = True) -> GraftResult:
     """Run every method at every sparsity for one task; write SkillPatches and results."""
+    from mtgraft.evaluation.predict import evaluate_probs
     from mtgraft.patches import SkillPatch
-    from mtgraft.tasks import compatible, get_task
+    from mtgraft.progress import progress_bar
+    from mtgraft.tasks import compatible, get_task, make_splits
     from mtgraft.tracking import check_reachable, mlflow_run
-    from mtgraft.training import default_out, evaluate_probs, prepare_task_data, progress_bar
+    from mtgraft.utils import default_out
 
     t_start = time.perf_counter()
     spec = get_task(task_name)
@@ -226,14 +228,12 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
     del pre_model
     for s in cfg.sparsity:
         ks[s] = budget_k(s, space.numel)
-    from types import SimpleNamespace
-
-    splits = prepare_task_data(spec, SimpleNamespace(k=dcfg["k"], seed=dcfg["seed"], max_test=dcfg["max_test"]))
+    splits = make_splits(spec, dcfg["k"], dcfg["seed"], dcfg["max_test"])
     enc = {name: encode_examples(space.model, spec.name, getattr(splits, name), dcfg["max_length"])
            for name in ("train", "dev", "test")}
     ood = {}
     for ospec in ospecs:
-        osplits = prepare_task_data(ospec, SimpleNamespace(k=dcfg["k"], seed=dcfg["seed"], max_test=dcfg["max_test"]))
+        osplits = make_splits(ospec, dcfg["k"], dcfg["seed"], dcfg["max_test"])
         ood[ospec.name] = encode_examples(space.model, spec.name, osplits.test, dcfg["max_length"])
 
     head = _head_state(space.model, spec.name)

@@ -83,7 +83,7 @@ class GraftSpace:
     @torch.no_grad()
     def predict(self, theta: torch.Tensor, enc: Encoded, batch_size: int = 64) -> np.ndarray:
         """Softmax probabilities of the model at ``theta`` on ``enc``."""
-        from mtgraft.training import predict_probs
+        from mtgraft.evaluation.predict import predict_probs
 
         params = self.params(theta)
         return predict_probs(self.model, enc, batch_size, self.device,

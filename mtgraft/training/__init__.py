@@ -1,23 +1,22 @@
-"""Fine-tuning (METHOD.md §1): the optimisers, a lean training loop, prediction and evaluation."""
+"""Fine-tuning (METHOD.md §1): the optimisers, a lean training loop and the train entry point."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from mtgraft.config import TrainConfig
 from mtgraft.errors import MtgraftError
+from mtgraft.evaluation.predict import accuracy, autocast_ctx, evaluate_probs, predict_probs
 from mtgraft.models import (
     CheckpointMeta,
     Encoded,
@@ -29,68 +28,8 @@ from mtgraft.models import (
     model_inputs,
     save_checkpoint,
 )
-from mtgraft.utils import ensure_writable_dir, provenance, resolve_device, set_seed
-
-# --------------------------------------------------------------------------------------------
-# Prediction
-
-
-def autocast_ctx(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision context for ``precision`` in (fp32, bf16, fp16)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise MtgraftError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def predict_probs(model: nn.Module, enc: Encoded, batch_size: int = 64, device: torch.device | str = "cpu",
-                  precision: str = "fp32", forward: Callable[..., torch.Tensor] | None = None) -> np.ndarray:
-    """Softmax probabilities [N, n_labels] of ``model`` on ``enc`` (batches sorted by length).
-
-    ``forward`` replaces ``model(**inputs)`` (used by grafting to run with other parameters).
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(enc)), key=lambda i: len(enc.input_ids[i]))
-    out = np.zeros((len(enc), 0), dtype=np.float32)
-    chunks: list[np.ndarray] = []
-    pad = model.tokenizer.pad_token_id
-    fwd = forward or (lambda **kw: model(**kw))
-    with autocast_ctx(device, precision):
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            batch = collate(enc, idx, pad, device)
-            logits = fwd(**model_inputs(batch)).float()
-            chunks.append(torch.softmax(logits, dim=-1).cpu().numpy())
-    if chunks:
-        probs = np.concatenate(chunks)
-        out = np.empty_like(probs)
-        out[np.asarray(order)] = probs
-    if was_training:
-        model.train()
-    return out
-
-
-def evaluate_probs(probs: np.ndarray, labels: list[int] | np.ndarray, reference: np.ndarray | None = None,
-                   n_labels: int | None = None) -> dict[str, Any]:
-    """Accuracy, macro-F1, ECE (10 bins), Brier (and agreement with ``reference`` predictions)."""
-    from mtgraft.evaluation.metrics import classification_metrics
-
-    labels = np.asarray(labels)
-    kw: dict[str, Any] = {}
-    if probs.shape[1] == 2:
-        kw["positive_label"] = 1
-    return classification_metrics(probs, labels, reference_preds=reference, n_bins=10, **kw)
-
-
-def accuracy(probs: np.ndarray, labels: list[int] | np.ndarray) -> float:
-    """Plain accuracy (fast path used inside loops)."""
-    return float((probs.argmax(1) == np.asarray(labels)).mean()) if len(labels) else float("nan")
-
+from mtgraft.progress import progress_bar
+from mtgraft.utils import default_out, ensure_writable_dir, provenance, resolve_device, set_seed
 
 # --------------------------------------------------------------------------------------------
 # Trainable parameters and optimisers
@@ -452,49 +391,9 @@ class TrainResult:
         }
 
 
-def default_out(kind: str, name: str) -> str:
-    """Default output folder ``runs/<kind>/<name>-<timestamp>``."""
-    return str(Path("runs") / kind / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr; yields ``update(completed, **fields)``."""
-    if not enabled:
-        yield lambda *a, **k: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from cli.common import console  # noqa: PLC0415 - the CLI's stderr console
-
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
-    with Progress(*cols, console=console, transient=False) as prog:
-        tid = prog.add_task(description, total=total, info="")
-
-        def update(completed: int, info: str = "") -> None:
-            prog.update(tid, completed=completed, info=info)
-
-        yield update
-
-
-def prepare_task_data(task_spec: Any, cfg: Any) -> Any:
-    """K-shot splits of a task for ``cfg`` (a DataConfig)."""
-    from mtgraft.tasks import make_splits
-
-    return make_splits(task_spec, cfg.k, cfg.seed, cfg.max_test)
-
-
 def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``cfg.task``; keep the best dev checkpoint; evaluate on test; save."""
-    from mtgraft.tasks import get_task
+    from mtgraft.tasks import get_task, make_splits
     from mtgraft.tracking import mlflow_run
 
     task = get_task(cfg.task)
@@ -505,7 +404,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
     dist = dist_context(cfg.device)
     device = dist.device(cfg.device)
     show_progress = show_progress and dist.is_main
-    splits = prepare_task_data(task, cfg)
+    splits = make_splits(task, cfg.k, cfg.seed, cfg.max_test)
     set_seed(cfg.seed)
     model = build_task_model(cfg.model, cfg.type, [task])
     pre_hash = model.base_hash()

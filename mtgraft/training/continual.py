@@ -102,12 +102,12 @@ def approach_metrics(R: Any, final_acc: list[float]) -> dict[str, Any]:
 
 def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> ContinualGraftResult:
     """Graft each task from its stage checkpoint; evaluate own grafts and their union on the pretrained model."""
+    from mtgraft.evaluation.predict import evaluate_probs, predict_probs
     from mtgraft.grafting import GraftConfig, run_graft
     from mtgraft.models import build_task_model, encode_examples, read_checkpoint_meta
     from mtgraft.patches import SkillPatch, stitch
-    from mtgraft.tasks import get_task
+    from mtgraft.tasks import get_task, make_splits
     from mtgraft.tracking import mlflow_run
-    from mtgraft.training import evaluate_probs, predict_probs, prepare_task_data
     from mtgraft.training.multitask import dir_bytes, safe_key, stage_dirs
 
     t_start = time.perf_counter()
@@ -154,7 +154,7 @@ def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> Co
     pristine = {n: p.detach().clone() for n, p in model.named_parameters()}
     d = meta.data
     dcfg = SimpleNamespace(k=d.get("k"), seed=d.get("seed", 13), max_test=d.get("max_test"))
-    enc = {n: encode_examples(model, n, prepare_task_data(get_task(sources.get(n, n)), dcfg).test,
+    enc = {n: encode_examples(model, n, make_splits(get_task(sources.get(n, n)), dcfg.k, dcfg.seed, dcfg.max_test).test,
                               d.get("max_length", 128)) for n in names}
 
     def restore() -> None:

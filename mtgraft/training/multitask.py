@@ -30,24 +30,20 @@ from pydantic import Field, field_validator, model_validator
 
 from mtgraft.config import TrainConfig
 from mtgraft.errors import MtgraftError
+from mtgraft.evaluation.predict import accuracy, evaluate_probs, predict_probs
 from mtgraft.models import CheckpointMeta, Encoded, TaskInfo, TaskModel, encode_examples, save_checkpoint
+from mtgraft.progress import progress_bar
 from mtgraft.resume import ResumeState, rng_state, set_rng_state
 from mtgraft.training import (
     BatchStream,
     DistContext,
     LoopResult,
-    accuracy,
-    default_out,
     dist_context,
-    evaluate_probs,
     make_optimizer,
-    predict_probs,
-    prepare_task_data,
-    progress_bar,
     set_trainable,
     train_loop,
 )
-from mtgraft.utils import atomic_dir, ensure_writable_dir, provenance, set_seed, write_json
+from mtgraft.utils import atomic_dir, default_out, ensure_writable_dir, provenance, set_seed, write_json
 
 __all__ = ["MultitaskConfig", "MultitaskResult", "R0_NOTE", "sampling_weights", "train_multitask"]
 
@@ -254,7 +250,7 @@ def dir_bytes(path: str | Path) -> int:
 def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> MultitaskResult:
     """Fine-tune ``cfg.model`` on ``cfg.tasks`` jointly or in sequence; evaluate every task; save the run."""
     from mtgraft.models import build_task_model
-    from mtgraft.tasks import get_task
+    from mtgraft.tasks import get_task, make_splits
     from mtgraft.tracking import mlflow_run
 
     specs = [get_task(t) for t in cfg.tasks]
@@ -270,7 +266,7 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
     dist = dist_context(cfg.device)
     device = dist.device(cfg.device)
     show = show_progress and dist.is_main
-    splits = {n: prepare_task_data(s, cfg) for n, s in zip(names, specs, strict=True)}
+    splits = {n: make_splits(s, cfg.k, cfg.seed, cfg.max_test) for n, s in zip(names, specs, strict=True)}
     set_seed(cfg.seed)
     model = build_task_model(cfg.model, cfg.type, specs)
     pre_hash = model.base_hash()

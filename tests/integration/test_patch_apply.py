@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import cli.patch_cmds  # noqa: F401  (registers the 'patch' group)
-from cli.app import app
+import mtgraft.cli.patch_cmds  # noqa: F401  (registers the 'patch' group)
+from mtgraft.cli.app import app
 from mtgraft.models import TaskInfo, build_task_model, load_checkpoint
 from mtgraft.patches import SkillPatch
 

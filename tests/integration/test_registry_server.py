@@ -15,8 +15,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import cli.masks_cmds  # noqa: F401  (registers the 'masks' group)
-from cli.app import app
+import mtgraft.cli.masks_cmds  # noqa: F401  (registers the 'masks' group)
+from mtgraft.cli.app import app
 from mtgraft.models import TaskInfo, build_task_model, load_checkpoint
 from mtgraft.patches import SkillPatch
 from mtgraft.registry import MaskRegistry, model_name

@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 
 
 def _run(args, tmp_path):
-    from cli import app as appmod
+    from mtgraft.cli import app as appmod
 
     appmod._register()
     return CliRunner().invoke(appmod.app, args, catch_exceptions=False)

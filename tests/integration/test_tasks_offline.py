@@ -72,8 +72,8 @@ def test_offline_task_fetches_and_has_measured_sizes(name: str) -> None:
 def test_data_fetch_cli_json() -> None:
     from typer.testing import CliRunner
 
-    import cli.data_cmds  # noqa: F401
-    from cli.app import app
+    import mtgraft.cli.data_cmds  # noqa: F401
+    from mtgraft.cli.app import app
 
     res = CliRunner().invoke(app, ["data", "fetch", "rotten_tomatoes", "drug_review", "--json"])
     assert res.exit_code == 0, res.output

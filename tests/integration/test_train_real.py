@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from mtgraft.evaluation.predict import predict_probs
 from mtgraft.models import encode_examples, load_checkpoint
 from mtgraft.tasks import get_task, make_splits
-from mtgraft.training import predict_probs
 
 
 @pytest.mark.integration
 def test_train_minilm_head_on_rotten_tomatoes(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
-    from cli import app as appmod
+    from mtgraft.cli import app as appmod
 
     appmod._register()
     out = tmp_path / "ck"

@@ -456,7 +456,7 @@ def run_case(env: Env, case: Case) -> Outcome:
     """Run one row through the real CLI (in-process) and collect what the user saw."""
     from typer.testing import CliRunner
 
-    import cli.app as appmod
+    import mtgraft.cli.app as appmod
 
     appmod._register()
     out = env.out(case.id)
@@ -493,7 +493,7 @@ def test_registry_check_sees_a_registration(env: Env) -> None:
     folder in place (so the rows' 'nothing left behind' and 'no new version' checks are not vacuous)."""
     from typer.testing import CliRunner
 
-    import cli.app as appmod
+    import mtgraft.cli.app as appmod
 
     appmod._register()
     out = env.out("control-graft")
@@ -513,7 +513,7 @@ def test_eval_finds_the_recorded_task_and_still_runs(env: Env) -> None:
     its task YAML, without --task; a patch with --task)."""
     from typer.testing import CliRunner
 
-    import cli.app as appmod
+    import mtgraft.cli.app as appmod
 
     appmod._register()
     ck = env.root / "ck_recorded"

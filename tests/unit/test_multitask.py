@@ -14,16 +14,16 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import cli.multitask_cmds  # noqa: F401  (registers the commands)
-from cli.app import app
+import mtgraft.cli.multitask_cmds  # noqa: F401  (registers the commands)
+from mtgraft.cli.app import app
 from mtgraft.config import build_config
 from mtgraft.errors import MtgraftError
 from mtgraft.evaluation.continual import continual_metrics
+from mtgraft.evaluation.predict import predict_probs
 from mtgraft.grafting import GraftConfig, run_graft
 from mtgraft.models import encode_examples, load_checkpoint, read_checkpoint_meta
 from mtgraft.tasks import get_task, make_splits
 from mtgraft.testing import example_task_yaml, make_tiny_model, write_topic_task
-from mtgraft.training import predict_probs
 from mtgraft.training.continual import ContinualGraftConfig, approach_metrics, continual_graft
 from mtgraft.training.multitask import MultitaskConfig, sampling_weights, train_multitask
 

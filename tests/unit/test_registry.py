@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cli.masks_cmds  # noqa: F401  (registers the 'masks' group)
-from cli.app import app
+import mtgraft.cli.masks_cmds  # noqa: F401  (registers the 'masks' group)
+from mtgraft.cli.app import app
 from mtgraft.errors import MtgraftError
 from mtgraft.patches import SkillPatch
 from mtgraft.registry import MaskRegistry, file_info, resolve_patch_files

@@ -240,7 +240,7 @@ def test_formatting():
 def cli_report(four, tmp_path_factory):
     from typer.testing import CliRunner
 
-    import cli.app as cli_app
+    import mtgraft.cli.app as cli_app
 
     cli_app._register()
     d = tmp_path_factory.mktemp("rep")
@@ -354,7 +354,7 @@ def test_select_patches_from_registry(four, tmp_path, mlflow_local_uri):
 def test_cli_refuses_files_and_selectors_together(tmp_path):
     from typer.testing import CliRunner
 
-    import cli.app as cli_app
+    import mtgraft.cli.app as cli_app
 
     cli_app._register()
     r = CliRunner().invoke(cli_app.app, ["overlap-report", "--patches", "a.safetensors", "--task", "imdb", "--no-track"])

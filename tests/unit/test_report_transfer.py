@@ -12,11 +12,11 @@ import torch
 from mtgraft.analysis.report import build_report
 from mtgraft.analysis.transfer import overlap_transfer_correlation, transfer_analysis
 from mtgraft.errors import MtgraftError
+from mtgraft.evaluation.predict import accuracy, predict_probs
 from mtgraft.models import TaskInfo, build_task_model, encode_examples
 from mtgraft.patches import SkillPatch, stitch
 from mtgraft.tasks.spec import Example
 from mtgraft.testing import make_tiny_model
-from mtgraft.training import accuracy, predict_probs
 
 LABELS = {"t1": ["neg", "pos"], "t2": ["neg", "pos"], "t3": ["a", "b", "c"]}
 N_TEST = 24

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cli.data_cmds  # noqa: F401  (adds the sub-apps to cli.app.app)
-from cli.app import app
+import mtgraft.cli.data_cmds  # noqa: F401  (adds the sub-apps to mtgraft.cli.app.app)
+from mtgraft.cli.app import app
 from mtgraft.tasks import data as tdata
 
 runner = CliRunner()

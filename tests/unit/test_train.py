@@ -11,10 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mtgraft.config import TrainConfig
+from mtgraft.evaluation.predict import predict_probs
 from mtgraft.models import encode_examples, load_checkpoint
 from mtgraft.tasks import get_task, make_splits
 from mtgraft.testing import example_task_yaml, make_tiny_model
-from mtgraft.training import predict_probs, train
+from mtgraft.training import train
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +70,7 @@ def test_training_moves_only_trainable_parts(tiny_models, tmp_path):
 
 
 def _cli(args, tmp_path):
-    from cli import app as appmod
+    from mtgraft.cli import app as appmod
 
     appmod._register()
     return CliRunner().invoke(appmod.app, args, catch_exceptions=False)

@@ -8,9 +8,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli.app import app
-from cli.common import console, handle_errors, print_json, table_out
+from mtgraft.cli.app import app
+from mtgraft.cli.common import handle_errors, print_json, table_out
 from mtgraft.errors import MtgraftError
+from mtgraft.progress import console
 
 patch_app = typer.Typer(help="Inspect, compare, stitch and apply SkillPatch files.", no_args_is_help=True)
 app.add_typer(patch_app, name="patch")

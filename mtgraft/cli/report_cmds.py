@@ -6,9 +6,10 @@ import tempfile
 
 import typer
 
-from cli.app import app
-from cli.common import console, handle_errors, print_json
+from mtgraft.cli.app import app
+from mtgraft.cli.common import handle_errors, print_json
 from mtgraft.errors import MtgraftError
+from mtgraft.progress import console
 
 SELECT = "Which patches (registry selectors or files)"
 ANALYSIS = "Analysis"
@@ -46,7 +47,7 @@ def overlap_report_cmd(
 ) -> None:
     """How disjoint task regions are, against chance: metrics, task graph, transfer; an HTML/Markdown report."""
     from mtgraft.analysis.report import DUPLICATE_POLICIES, build_report, select_patches_from_registry
-    from mtgraft.training import default_out
+    from mtgraft.utils import default_out
 
     files_all = [*(patches or []), *(files or [])]
     tasks = _split(task)

@@ -30,15 +30,15 @@ def _register() -> None:
     # Each module adds its commands/sub-apps to ``app``; import order = order in --help.
     for optional in ("data_cmds", "train_cmds", "graft_cmds", "patch_cmds", "masks_cmds", "multitask_cmds", "report_cmds", "run_cmds"):
         try:
-            __import__(f"cli.{optional}")
+            __import__(f"mtgraft.cli.{optional}")
         except ModuleNotFoundError as e:  # a part not built yet
-            if e.name != f"cli.{optional}":
+            if e.name != f"mtgraft.cli.{optional}":
                 raise
 
 
 def main() -> None:
     """Console-script entry point."""
-    import cli.app as mod  # the same module object even when run as ``python -m cli.app``
+    import mtgraft.cli.app as mod  # the same module object even when run as ``python -m mtgraft``
 
     mod._register()
     mod.app()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cli.app import app
-from cli.common import console, handle_errors, print_json, resolve
+from mtgraft.cli.app import app
+from mtgraft.cli.common import handle_errors, print_json, resolve
 from mtgraft.config import TrainConfig
+from mtgraft.progress import console
 
 DATA = "Data"
 OPT = "Optimisation"

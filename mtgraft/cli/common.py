@@ -15,11 +15,11 @@ from rich.markup import escape
 
 from mtgraft.config import BaseConfig, build_config
 from mtgraft.errors import MtgraftError
+from mtgraft.progress import console
 
 # Human output goes to stderr so that ``--json`` leaves stdout to one JSON object; listing and inspection
 # commands (tasks list/show, masks list/show, patch info, methods) print their tables to stdout (``table_out``)
 # so that they can be piped.
-console = Console(stderr=True)
 table_out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cli.app import app
-from cli.common import console, handle_errors, print_json, resolve, table_out
+from mtgraft.cli.app import app
+from mtgraft.cli.common import handle_errors, print_json, resolve, table_out
 from mtgraft.evaluation.runner import EvalConfig
 from mtgraft.grafting import GraftConfig
+from mtgraft.progress import console
 
 LEARN = "Learned graft (unset = from --recipe)"
 DATA = "Data (unset = as recorded with the checkpoint)"

@@ -9,9 +9,10 @@ import typer
 from rich import box
 from rich.table import Table
 
-from cli.app import app
-from cli.common import console, handle_errors, print_json, table_out
+from mtgraft.cli.app import app
+from mtgraft.cli.common import handle_errors, print_json, table_out
 from mtgraft.errors import MtgraftError
+from mtgraft.progress import console
 
 masks_app = typer.Typer(
     help="The mask registry: SkillPatches as versions of MLflow registered models. "

@@ -8,9 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.app import app
-from cli.common import console, handle_errors, print_json, table_out
+from mtgraft.cli.app import app
+from mtgraft.cli.common import handle_errors, print_json, table_out
 from mtgraft.errors import DataUnavailableError, MtgraftError
+from mtgraft.progress import console
 
 tasks_app = typer.Typer(help="The task catalog: offline package-file tasks, hub tasks, local YAML tasks.",
                         no_args_is_help=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from cli.app import app
-from cli.common import console, handle_errors, print_json
+from mtgraft.cli.app import app
+from mtgraft.cli.common import handle_errors, print_json
+from mtgraft.progress import console
 
 
 @app.command("run")

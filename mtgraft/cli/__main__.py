@@ -1,0 +1,3 @@
+from mtgraft.cli.app import main
+
+main()
