@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from mtgraft.errors import MtgraftError
 
@@ -80,28 +80,51 @@ def parse_k(value: Any) -> int | None:
     return k
 
 
+def split_list(value: Any) -> Any:
+    """A comma-separated string as a list of its non-empty, stripped items; a lone number as a one-item list."""
+    if isinstance(value, str):
+        return [x.strip() for x in value.split(",") if x.strip()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+def _max_test(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.lower() in ("all", "none")):
+        return None
+    value = int(value)
+    if value <= 0:
+        raise ValueError("max_test must be positive or 'all'")
+    return value
+
+
+def _sparsities(value: list[float]) -> list[float]:
+    if not value:
+        raise ValueError("give at least one sparsity")
+    for s in value:
+        if not (0 < s <= 1):
+            raise ValueError(f"sparsity must be in (0, 1], got {s:g}")
+    return value
+
+
+# Shared option types: every config that takes these options validates them the same way.
+KShot = Annotated[int | None, BeforeValidator(parse_k)]
+"""K per class: a positive integer, or 'all' (None)."""
+MaxTest = Annotated[int | None, BeforeValidator(_max_test)]
+"""A cap on test examples: a positive integer, or 'all' (None)."""
+CommaList = Annotated[list[str], BeforeValidator(split_list)]
+"""A list of names, also given as one comma-separated string."""
+Sparsities = Annotated[list[float], BeforeValidator(split_list), AfterValidator(_sparsities)]
+"""Region sizes as fractions of the graftable body, each in (0, 1]."""
+
+
 class DataConfig(BaseConfig):
-    """How a task's data is sampled (METHOD.md §1): K per class for train and dev, a data seed."""
+    """How a task's data is sampled (docs/method.md §1): K per class for train and dev, a data seed."""
 
-    k: int | None = Field(64, description="examples per class for train (and again for dev); None = all")
+    k: KShot = Field(64, description="examples per class for train (and again for dev); None = all")
     seed: int = Field(13, description="data seed (paper: 13, 21, 42, 87, 100)")
-    max_test: int | None = Field(1000, description="cap on test examples (seeded subsample)")
+    max_test: MaxTest = Field(1000, description="cap on test examples (seeded subsample)")
     max_length: int = Field(128, ge=8, le=4096)
-
-    @field_validator("k", mode="before")
-    @classmethod
-    def _k(cls, v: Any) -> int | None:
-        return parse_k(v)
-
-    @field_validator("max_test", mode="before")
-    @classmethod
-    def _max_test(cls, v: Any) -> int | None:
-        if v is None or (isinstance(v, str) and v.lower() in ("all", "none")):
-            return None
-        v = int(v)
-        if v <= 0:
-            raise ValueError("max_test must be positive or 'all'")
-        return v
 
 
 ModelType = Literal["head", "prompt", "causal"]

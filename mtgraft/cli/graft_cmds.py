@@ -78,10 +78,10 @@ def graft_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", rich_help_panel=OUT),
 ) -> None:
     """Learn per-task graft regions (and baselines) at one or more sparsities; write SkillPatches."""
-    from mtgraft.grafting import run_graft
+    from mtgraft.workflows.graft import graft_and_register
 
     cfg = resolve(ctx, GraftConfig, config, locals(), required=("finetuned",))
-    results = run_graft(cfg, show_progress=not json_out)
+    results = graft_and_register(cfg, show_progress=not json_out)
     if json_out:
         if len(results) == 1:
             print_json(results[0].to_json())

@@ -21,7 +21,7 @@ def run_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the study summary as one JSON object."),
 ) -> None:
     """Run a study: every stage is an MLflow run; finished stages are skipped when rerun (resumable)."""
-    from mtgraft.study import Study, load_study, parse_overrides
+    from mtgraft.workflows.study import Study, load_study, parse_overrides
 
     over = parse_overrides(set_ or [])
     if tracking_uri:

@@ -181,14 +181,15 @@ class Study:
 
     def _graft(self, stage: str, finetuned: str, task: str | None, all_tasks: bool, out: Path,
                eval_tasks: list[str] | None = None) -> list[dict[str, Any]]:
-        from mtgraft.grafting import GraftConfig, run_graft
+        from mtgraft.grafting import GraftConfig
+        from mtgraft.workflows.graft import graft_and_register
 
         def go() -> tuple[dict[str, Any], list[str]]:
             g = {**self.cfg.graft}
             if eval_tasks:
                 g.setdefault("eval_tasks", eval_tasks)
             cfg = GraftConfig(task=task, all_tasks=all_tasks, finetuned=finetuned, out=str(out), **g, **self.common)
-            res = run_graft(cfg, show_progress=self.show)
+            res = graft_and_register(cfg, show_progress=self.show)
             return {"tasks": [r.to_json() for r in res]}, [str(out)]
 
         return self.stage(stage, go)["tasks"]
