@@ -1,4 +1,4 @@
-"""Multi-task fine-tuning (METHOD.md §4): ``joint`` (one model on a mixture of tasks) and ``sequential``
+"""Multi-task fine-tuning (docs/method.md §4): ``joint`` (one model on a mixture of tasks) and ``sequential``
 (tasks one after another, continual learning), with the accuracy matrix and continual metrics.
 
 A ``head`` model has one head per task on a shared body; ``prompt``/``causal`` models share the LM head
@@ -28,22 +28,24 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from mtgraft.config import TrainConfig
+from mtgraft.config import CommaList, TrainConfig
 from mtgraft.errors import MtgraftError
 from mtgraft.evaluation.predict import accuracy, evaluate_probs, predict_probs
 from mtgraft.models import CheckpointMeta, Encoded, TaskInfo, TaskModel, encode_examples, save_checkpoint
 from mtgraft.progress import progress_bar
 from mtgraft.resume import ResumeState, rng_state, set_rng_state
-from mtgraft.training import (
-    BatchStream,
-    DistContext,
-    LoopResult,
-    dist_context,
-    make_optimizer,
-    set_trainable,
-    train_loop,
+from mtgraft.training.distributed import DistContext, dist_context
+from mtgraft.training.loop import BatchStream, LoopResult, train_loop
+from mtgraft.training.optim import make_optimizer, set_trainable
+from mtgraft.utils import (
+    atomic_dir,
+    default_out,
+    ensure_writable_dir,
+    provenance,
+    safe_name,
+    set_seed,
+    write_json,
 )
-from mtgraft.utils import atomic_dir, default_out, ensure_writable_dir, provenance, set_seed, write_json
 
 __all__ = ["MultitaskConfig", "MultitaskResult", "R0_NOTE", "sampling_weights", "train_multitask"]
 
@@ -57,17 +59,11 @@ R0_NOTE = {
 }
 
 
-def _split_list(v: Any) -> Any:
-    if isinstance(v, str):
-        return [x.strip() for x in v.split(",") if x.strip()]
-    return v
-
-
 class MultitaskConfig(TrainConfig):
     """Settings of ``mtgraft train-multitask``: those of ``mtgraft train`` plus tasks, mode and sampling."""
 
     task: str | None = Field(None, description="not used here: give 'tasks'")
-    tasks: list[str] = Field(description="task names or task YAMLs; the training order in sequential mode")
+    tasks: CommaList = Field(description="task names or task YAMLs; the training order in sequential mode")
     mode: Literal["joint", "sequential"] = "joint"
     sampling: Sampling = Field("proportional", description="joint mode: which task each batch comes from")
     temperature: float = Field(2.0, gt=0, description="T of temperature sampling: p_i proportional to n_i^(1/T)")
@@ -76,11 +72,6 @@ class MultitaskConfig(TrainConfig):
     graft_method: str = "graft"
     graft_recipe: Literal["fast", "thorough", "paper"] = "thorough"
     graft_updates: int | None = Field(None, ge=0)
-
-    @field_validator("tasks", mode="before")
-    @classmethod
-    def _tasks(cls, v: Any) -> Any:
-        return _split_list(v)
 
     @field_validator("tasks")
     @classmethod
@@ -180,13 +171,6 @@ def _task_source(ref: str) -> str:
     return str(p.resolve()) if p.is_file() else ref
 
 
-def safe_key(name: str) -> str:
-    """A file- and metric-safe version of a task name."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def eval_tasks(model: TaskModel, encs: dict[str, Encoded], device: Any, precision: str = "fp32",
                full: bool = True) -> dict[str, dict[str, Any]]:
     """Metrics of ``model`` on each task's examples, each with that task's head/label words."""
@@ -238,17 +222,16 @@ def _save_into(model: TaskModel, meta: CheckpointMeta, folder: Path) -> None:
     shutil.rmtree(staged)
 
 
-def dir_bytes(path: str | Path) -> int:
-    """Bytes of every file under ``path``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 # --------------------------------------------------------------------------------------------
 # the run
 
 
 def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> MultitaskResult:
-    """Fine-tune ``cfg.model`` on ``cfg.tasks`` jointly or in sequence; evaluate every task; save the run."""
+    """Fine-tune ``cfg.model`` on ``cfg.tasks`` jointly or in sequence; evaluate every task; save the run.
+
+    ``cfg.graft`` is not acted on here: ``mtgraft.workflows.continual.train_multitask_with_grafts`` runs this,
+    then graft-based continual learning.
+    """
     from mtgraft.models import build_task_model
     from mtgraft.tasks import get_task, make_splits
     from mtgraft.tracking import mlflow_run
@@ -308,13 +291,6 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
     result.processes = dist.world_size
     if cfg.mode == "sequential":
         result.files = {k: str(Path(out) / Path(v).name) for k, v in result.files.items()}
-        if cfg.graft and dist.is_main:
-            from mtgraft.training.continual import ContinualGraftConfig, continual_graft
-
-            gcfg = ContinualGraftConfig(run=out, sparsity=cfg.graft_sparsity, method=cfg.graft_method,
-                                        recipe=cfg.graft_recipe, updates=cfg.graft_updates, seed=cfg.seed,
-                                        device=cfg.device, tracking_uri=cfg.tracking_uri)
-            result.graft_cl = continual_graft(gcfg, show_progress=show).to_json()
     return result
 
 
@@ -330,7 +306,7 @@ def _loop(cfg: MultitaskConfig, model: TaskModel, stream: BatchStream, dev_encs:
 
     def dev_eval() -> dict[str, float]:
         accs = {n: m["accuracy"] for n, m in eval_tasks(model, dev_encs, device, cfg.precision, full=False).items()}
-        return {"accuracy": float(np.mean(list(accs.values()))), **{f"{safe_key(n)}/accuracy": a
+        return {"accuracy": float(np.mean(list(accs.values()))), **{f"{safe_name(n)}/accuracy": a
                                                                    for n, a in accs.items()}}
 
     with progress_bar(cfg.max_steps, label, show) as upd:
@@ -354,15 +330,15 @@ def _joint(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str, Enco
     weights = sampling_weights(sizes, cfg.sampling, cfg.temperature)
     sampling = {"rule": cfg.sampling, "temperature": cfg.temperature if cfg.sampling == "temperature" else None,
                 "weights": dict(zip(names, weights, strict=True))}
-    run.log_metrics({f"sampling/{safe_key(n)}": w for n, w in zip(names, weights, strict=True)})
+    run.log_metrics({f"sampling/{safe_name(n)}": w for n, w in zip(names, weights, strict=True)})
     stream = BatchStream([enc["train"][n] for n in names], cfg.batch_size, cfg.seed, weights)
     res = _loop(cfg, model, stream, enc["dev"], device, dist, run, show, f"joint {'+'.join(names)}", "dev/",
                 resumer=(rs[0], "joint", rs[1]))
     test = eval_tasks(model, enc["test"], device, cfg.precision)
     dev = eval_tasks(model, enc["dev"], device, cfg.precision)
     for n in names:
-        run.log_metrics(test[n], prefix=f"test/{safe_key(n)}/")
-        run.log_metrics(dev[n], prefix=f"dev/final/{safe_key(n)}/")
+        run.log_metrics(test[n], prefix=f"test/{safe_name(n)}/")
+        run.log_metrics(dev[n], prefix=f"dev/final/{safe_name(n)}/")
     run.log_metrics({"test/mean_accuracy": float(np.mean([test[n]["accuracy"] for n in names])),
                      "best_step": res.best_step, "examples_per_second": res.examples_per_second,
                      "train_seconds": res.train_seconds})
@@ -401,7 +377,7 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
                 named[n].copy_(v)
         set_rng_state(saved["rng"])
     for t, name in enumerate(names):
-        folder = f"stage_{t + 1}_{safe_key(name)}"
+        folder = f"stage_{t + 1}_{safe_name(name)}"
         seen = names[: t + 1]
         if t < len(done):  # finished before the run was killed; its checkpoint is in the state folder
             d = done[t]
@@ -410,7 +386,7 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
             total_seconds += d["train_seconds"]
             total_seen += d["examples_seen"]
             stages.append(stage)
-            run.log_metrics({f"acc/stage_{t + 1}/task_{safe_key(n)}": R[t, i] for i, n in enumerate(names)})
+            run.log_metrics({f"acc/stage_{t + 1}/task_{safe_name(n)}": R[t, i] for i, n in enumerate(names)})
             continue
         stream = BatchStream([enc["train"][name]], cfg.batch_size, cfg.seed)
         t0 = time.perf_counter()
@@ -420,7 +396,7 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
         total_seen += res.examples_seen
         test = eval_tasks(model, enc["test"], device, cfg.precision)
         R[t] = [test[n]["accuracy"] for n in names]
-        run.log_metrics({f"acc/stage_{t + 1}/task_{safe_key(n)}": R[t, i] for i, n in enumerate(names)})
+        run.log_metrics({f"acc/stage_{t + 1}/task_{safe_name(n)}": R[t, i] for i, n in enumerate(names)})
         stage = {"stage": t + 1, "task": name, "checkpoint": str(Path(out) / folder), "best_step": res.best_step,
                  "best_dev": res.best_dev, "steps": res.steps, "train_seconds": round(res.train_seconds, 3),
                  "wall_seconds": round(time.perf_counter() - t0, 3)}
@@ -441,7 +417,7 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
     run.log_metrics(mlflow_metric_keys(R, names, r0))
     dev = eval_tasks(model, enc["dev"], device, cfg.precision)
     for n in names:
-        run.log_metrics(test[n], prefix=f"test/{safe_key(n)}/")
+        run.log_metrics(test[n], prefix=f"test/{safe_name(n)}/")
     matrix = [[None if not math.isfinite(v) else float(v) for v in row] for row in R]
     eps = total_seen / total_seconds if total_seconds > 0 else float("nan")
     result = MultitaskResult(names, "sequential", "", test, dev, cfg.max_steps * T, total_seconds, eps, None, {}, {},
@@ -449,7 +425,7 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
 
     def write(tmp: Path) -> None:
         for t, name in enumerate(names):
-            folder = f"stage_{t + 1}_{safe_key(name)}"
+            folder = f"stage_{t + 1}_{safe_name(name)}"
             src = state.dir / folder
             if not (src / "mtgraft.json").is_file():
                 raise MtgraftError(f"the checkpoint of stage {t + 1} ({src}) is missing; rerun without --resume")

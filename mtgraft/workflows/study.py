@@ -105,7 +105,7 @@ def _validate_sections(s: StudyConfig, path: str) -> None:
             MultitaskConfig(tasks=s.tasks, mode=s.kind, model=s.model, type=s.type, **s.train)
         GraftConfig(task=s.tasks[0], finetuned="x", **s.graft)
         if s.continual is not None:
-            from mtgraft.training.continual import ContinualGraftConfig
+            from mtgraft.workflows.continual import ContinualGraftConfig
 
             ContinualGraftConfig(run="x", **s.continual)
     except ValidationError as e:
@@ -238,13 +238,14 @@ class Study:
         return {"tasks": rows, "report": report}
 
     def _joint(self) -> dict[str, Any]:
-        from mtgraft.training.multitask import MultitaskConfig, train_multitask
+        from mtgraft.training.multitask import MultitaskConfig
+        from mtgraft.workflows.continual import train_multitask_with_grafts
 
         ck = self.out / "train"
 
         def go_train() -> tuple[dict[str, Any], list[str]]:
             cfg = MultitaskConfig(tasks=self.cfg.tasks, mode="joint", out=str(ck), **self._train_cfg())
-            r = train_multitask(cfg, show_progress=self.show)
+            r = train_multitask_with_grafts(cfg, show_progress=self.show)
             return r.to_json(), [str(ck)]
 
         tr = self.stage("train:joint", go_train)
@@ -263,19 +264,20 @@ class Study:
                 "report": report}
 
     def _sequential(self) -> dict[str, Any]:
-        from mtgraft.training.multitask import MultitaskConfig, train_multitask
+        from mtgraft.training.multitask import MultitaskConfig
+        from mtgraft.workflows.continual import train_multitask_with_grafts
 
         ck = self.out / "train"
 
         def go_train() -> tuple[dict[str, Any], list[str]]:
             cfg = MultitaskConfig(tasks=self.cfg.tasks, mode="sequential", out=str(ck), **self._train_cfg())
-            r = train_multitask(cfg, show_progress=self.show)
+            r = train_multitask_with_grafts(cfg, show_progress=self.show)
             return r.to_json(), [str(ck)]
 
         tr = self.stage("train:sequential", go_train)
         cl = None
         if self.cfg.continual is not None:
-            from mtgraft.training.continual import ContinualGraftConfig, continual_graft
+            from mtgraft.workflows.continual import ContinualGraftConfig, continual_graft
 
             def go_cl() -> tuple[dict[str, Any], list[str]]:
                 cfg = ContinualGraftConfig(run=tr["checkpoint"], out=str(self.out / "continual_graft"),

