@@ -151,7 +151,7 @@ register(Method("saliency", "top-k of the task's integrated-gradients attributio
 
 
 # ---------------------------------------------------------------------------------------------
-# The learned graft (METHOD.md §2)
+# The learned graft (docs/method.md §2)
 
 
 def _score(space: GraftSpace, theta: torch.Tensor, encs: list[Encoded]) -> dict[str, float]:
@@ -272,7 +272,7 @@ def learn_graft(ctx: SelectContext) -> Selection:
 
 def grad_S_closed_form(space: GraftSpace, S: torch.Tensor, cand: torch.Tensor, base_c: torch.Tensor, b: float,
                        batches: list[dict[str, Any]]) -> torch.Tensor:
-    """dL/dS = (dL/dtheta ⊙ delta) ⊙ (1 − 2·base) ⊙ sigmoid'(S − b) (METHOD.md §2), L averaged over batches.
+    """dL/dS = (dL/dtheta ⊙ delta) ⊙ (1 − 2·base) ⊙ sigmoid'(S − b) (docs/method.md §2), L averaged over batches.
 
     One backward pass per mini-batch into a flat leaf theta; no gradient for any model parameter.
     """
@@ -289,7 +289,7 @@ def grad_S_closed_form(space: GraftSpace, S: torch.Tensor, cand: torch.Tensor, b
 
 def grad_S_reference(space: GraftSpace, S: torch.Tensor, base: torch.Tensor, b: float,
                      batch: dict[str, Any]) -> torch.Tensor:
-    """dL/dS by autograd through gamma (for tests; the loop uses the closed form of METHOD.md §2)."""
+    """dL/dS by autograd through gamma (for tests; the loop uses the closed form of docs/method.md §2)."""
     S = S.detach().clone().requires_grad_(True)
     gamma = base + (1 - 2 * base) * torch.sigmoid(S - b)
     theta = space.pre + gamma * space.delta

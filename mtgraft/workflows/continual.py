@@ -113,11 +113,12 @@ def dir_bytes(path: str | Path) -> int:
 def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> ContinualGraftResult:
     """Graft each task from its stage checkpoint; evaluate own grafts and their union on the pretrained model."""
     from mtgraft.evaluation.predict import evaluate_probs, predict_probs
-    from mtgraft.grafting import GraftConfig, run_graft
+    from mtgraft.grafting import GraftConfig
     from mtgraft.models import build_task_model, encode_examples, read_checkpoint_meta
     from mtgraft.patches import SkillPatch, stitch
     from mtgraft.tasks import get_task, make_splits
     from mtgraft.tracking import mlflow_run
+    from mtgraft.workflows.graft import graft_and_register
 
     t_start = time.perf_counter()
     run_dir = Path(cfg.run)
@@ -145,7 +146,7 @@ def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> Co
                            method=[cfg.method], recipe=cfg.recipe, updates=cfg.updates, seed=cfg.seed,
                            device=cfg.device, out=str(out / safe_name(name)), do_register=cfg.do_register,
                            tracking_uri=cfg.tracking_uri, track=cfg.track)
-        res = run_graft(gcfg, show_progress=show_progress)[0]
+        res = graft_and_register(gcfg, show_progress=show_progress)[0]
         entry = res.results[0]
         if not entry.get("patch"):
             raise MtgraftError(f"method '{cfg.method}' wrote no SkillPatch; use a learned method (graft)")

@@ -446,7 +446,7 @@ def guard(mp: pytest.MonkeyPatch, case: Case) -> None:
 
     for target in ("mtgraft.training.train_loop", "mtgraft.training.multitask.train_loop"):
         mp.setattr(target, stop("training"))
-    for target in ("mtgraft.grafting.encode_examples", "mtgraft.evaluation.runner.encode_examples"):
+    for target in ("mtgraft.grafting.run.encode_examples", "mtgraft.evaluation.runner.encode_examples"):
         mp.setattr(target, stop("data encoding"))
     if not case.needs_model:
         mp.setattr("mtgraft.models.load_backbone", stop("model loading"))

@@ -1,0 +1,392 @@
+"""Running a graft (docs/method.md §2), one task at a time, as the steps of the method: load the inputs →
+reference metrics (pretrained, fine-tuned) → select a region per method and sparsity (resumable) → evaluate
+it → write its SkillPatch. Registering is no step of grafting (grafting and the registry are independent
+parts): ``run_graft`` hands each written patch to ``on_written``; ``mtgraft.workflows.graft`` registers there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtgraft.errors import MtgraftError
+from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
+from mtgraft.evaluation.predict import evaluate_probs
+from mtgraft.grafting.config import GraftConfig, data_settings
+from mtgraft.grafting.methods import Method, SelectContext, Selection, get_method
+from mtgraft.grafting.space import GraftSpace, budget_k
+from mtgraft.models import (
+    CheckpointMeta,
+    Encoded,
+    TaskInfo,
+    build_task_model,
+    encode_examples,
+    load_checkpoint,
+    read_checkpoint_meta,
+)
+from mtgraft.patches import SkillPatch
+from mtgraft.progress import progress_bar
+from mtgraft.resume import ResumeState
+from mtgraft.tasks import TaskSpec, compatible, get_task, make_splits
+from mtgraft.tracking import Run, check_reachable, mlflow_run
+from mtgraft.utils import (
+    atomic_dir,
+    default_out,
+    ensure_writable_dir,
+    provenance,
+    resolve_device,
+    safe_name,
+    set_seed,
+    write_json,
+)
+
+#: Called once per written SkillPatch, in its final place, with the graft's MLflow run id (None when tracking
+#: is off); what it returns is the result's ``registered`` entry.
+OnWritten = Callable[[Path, str | None], dict[str, Any]]
+
+
+@dataclass
+class GraftResult:
+    """Everything ``mtgraft graft`` produced for one task."""
+
+    task: str
+    out: str
+    results: list[dict[str, Any]]
+    reference: dict[str, dict[str, Any]]
+    graftable_size: int
+    head_params: int
+    mlflow_run_id: str | None
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "out": self.out, "graftable_size": self.graftable_size,
+                "head_params": self.head_params, "sparsity_note": "sparsity and region_size count the "
+                "graftable body only; the task head is always grafted", "ece_bins": 10,
+                "reference": self.reference, "results": self.results, "mlflow_run_id": self.mlflow_run_id,
+                "seconds": round(self.seconds, 2), **self.extra}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def run_graft(cfg: GraftConfig, show_progress: bool = True, on_written: OnWritten | None = None) -> list[GraftResult]:
+    """Graft every task asked for (``--task`` or ``--all-tasks``) of a fine-tuned checkpoint."""
+    meta = read_checkpoint_meta(cfg.finetuned)
+    if cfg.all_tasks:  # local tasks are found again through the task YAML the checkpoint recorded
+        tasks = [t.spec_file if t.spec_file and Path(t.spec_file).is_file() else t.name for t in meta.tasks]
+    elif cfg.task:
+        tasks = [cfg.task]
+    else:
+        raise MtgraftError("give --task T (or --all-tasks for a multi-task checkpoint)")
+    if len(tasks) > 1:
+        base = Path(cfg.out or default_out("graft", "all-tasks"))
+        return [graft_task(cfg.model_copy(update={"out": str(base / safe_name(info.name))}), t, meta, show_progress,
+                           on_written) for t, info in zip(tasks, meta.tasks, strict=True)]
+    return [graft_task(cfg, t, meta, show_progress, on_written) for t in tasks]
+
+
+def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_progress: bool = True,
+               on_written: OnWritten | None = None) -> GraftResult:
+    """Run every method at every sparsity for one task; write SkillPatches and results."""
+    t_start = time.perf_counter()
+    inputs = load_inputs(cfg, task_name, meta)
+    ref = reference_metrics(inputs)
+    spec, out = inputs.spec, inputs.out
+    with mlflow_run("graft", f"graft-{spec.name}", cfg.tracking_uri, enabled=cfg.track,
+                    tags=_run_tags(cfg, spec, meta)) as run:
+        conf = cfg.model_dump()
+        conf.update({"task": spec.name, "learn_settings": inputs.settings, "data": inputs.data})
+        run.log_params(conf)
+        run.log_config(conf)
+        run.log_metrics(ref.to_json(), prefix="test/")
+        resume = Resume(ResumeState(out), cfg.resume, {  # a killed run continues with --resume
+            "task": spec.name, "finetuned": str(Path(cfg.finetuned).resolve()), "seed": cfg.seed,
+            "settings": inputs.settings, "data": inputs.data, "sparsity": cfg.sparsity, "method": cfg.method})
+        diag_name = f"{safe_name(spec.name)}-reliability.png"
+        with atomic_dir(out) as tmp:  # files go to a temporary sibling: nothing is left if a step fails
+            regions = graft_regions(cfg, meta, inputs, ref, resume, run, tmp, show_progress)
+            reliability_diagram(regions.curves, tmp / diag_name, title=f"{spec.name}: reliability (10 equal-width bins)")
+            summary = {"task": spec.name, "reference": ref.to_json(), "results": regions.results,
+                       "graftable_size": inputs.space.numel, "head_params": inputs.head_params, "data": inputs.data,
+                       "learn_settings": inputs.settings, "provenance": provenance()}
+            write_json(tmp / "results.json", summary)
+        # log (and register) only once every file is in its final place: a failed write leaves no registry entry
+        for entry in regions.written:
+            run.log_artifact(entry["patch"], "skillpatch")
+            if on_written is not None:
+                entry["registered"] = on_written(Path(entry["patch"]), run.run_id)
+        run.log_artifact(out / diag_name)
+        if on_written is not None and regions.written:
+            write_json(out / "results.json", summary)  # now with the registered entries
+        run.log_artifact(out / "results.json")
+    resume.state.clear()
+    return GraftResult(spec.name, str(out), regions.results, ref.to_json(), inputs.space.numel, inputs.head_params,
+                       run.run_id, time.perf_counter() - t_start, {"reliability_diagram": str(out / diag_name)})
+
+
+def _run_tags(cfg: GraftConfig, spec: TaskSpec, meta: CheckpointMeta) -> dict[str, str]:
+    tags = {"mtgraft.command": "graft", "mtgraft.task": spec.name,
+            "mtgraft.finetuned": str(Path(cfg.finetuned).resolve())}
+    if meta.mlflow_run_id:
+        tags["mtgraft.parent_run_id"] = meta.mlflow_run_id
+        tags["mlflow.parentRunId"] = meta.mlflow_run_id
+    return tags
+
+
+# ---------------------------------------------------------------------------------------------- 1. load
+
+
+@dataclass
+class GraftInputs:
+    """What the later steps need: the task, the graft space, the encoded data and the settings."""
+
+    spec: TaskSpec
+    info: TaskInfo
+    out: Path
+    data: dict[str, Any]  # k, seed, max_test, max_length
+    settings: dict[str, Any]  # the learned graft's: recipe + explicit options, init resolved
+    pre_name: str | None  # checked when the graft space is built
+    space: GraftSpace
+    budgets: dict[float, int]  # sparsity -> region size k
+    train: Encoded
+    dev: Encoded
+    test: Encoded
+    ood: dict[str, Encoded]  # other tasks' test sets, by task name
+    head: dict[str, torch.Tensor]  # the fine-tuned task head (always grafted)
+
+    @property
+    def head_params(self) -> int:
+        return sum(v.numel() for v in self.head.values())
+
+
+def load_inputs(cfg: GraftConfig, task_name: str, meta: CheckpointMeta) -> GraftInputs:
+    """Check what needs no model first (a mistake costs no model loading), then build the graft space and
+    encode the task's splits and the OOD test sets."""
+    spec = get_task(task_name)
+    info = meta.task(spec.name)
+    ospecs = [get_task(other) for other in cfg.eval_tasks]
+    for ospec in ospecs:
+        if not compatible(spec, ospec):
+            raise MtgraftError(f"cannot evaluate '{spec.name}' on '{ospec.name}': label spaces differ "
+                               f"({spec.labels} vs {ospec.labels})")
+    out = Path(cfg.out or default_out("graft", spec.name))
+    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    if out.exists() and not out.is_dir():
+        raise MtgraftError(f"--out '{out}' exists and is not a folder")
+    if cfg.track:
+        check_reachable(cfg.tracking_uri)
+    device = resolve_device(cfg.device)
+    data = data_settings(cfg, meta)
+    settings = cfg.learn_settings()
+    if settings.get("init") == "auto":  # one base patch per task where |delta| cannot tell tasks apart
+        settings["init"] = "saliency" if len(meta.tasks) > 1 else "movement"
+    pre_name = cfg.pretrained or meta.pretrained.get("name")
+    set_seed(cfg.seed)
+    space = _graft_space(cfg, meta, pre_name, device)
+    budgets = {s: budget_k(s, space.numel) for s in cfg.sparsity}  # k = 0 is an error
+    splits = make_splits(spec, data["k"], data["seed"], data["max_test"])
+    enc = {name: encode_examples(space.model, spec.name, getattr(splits, name), data["max_length"])
+           for name in ("train", "dev", "test")}
+    ood = {}
+    for ospec in ospecs:
+        osplits = make_splits(ospec, data["k"], data["seed"], data["max_test"])
+        ood[ospec.name] = encode_examples(space.model, spec.name, osplits.test, data["max_length"])
+    params = dict(space.model.named_parameters())
+    head = {n: params[n].detach().cpu().clone() for n in space.model.head_param_names(spec.name)}
+    return GraftInputs(spec, info, out, data, settings, pre_name, space, budgets, enc["train"], enc["dev"],
+                       enc["test"], ood, head)
+
+
+def _graft_space(cfg: GraftConfig, meta: CheckpointMeta, pre_name: str | None, device: torch.device) -> GraftSpace:
+    ft_model, _ = load_checkpoint(cfg.finetuned)
+    if not pre_name:
+        raise MtgraftError("the checkpoint does not record its pretrained model; pass --pretrained")
+    pre_model = build_task_model(pre_name, meta.model_type, meta.tasks)
+    rec_hash = meta.pretrained.get("hash")
+    if rec_hash and pre_model.base_hash() != rec_hash:
+        raise MtgraftError(f"pretrained model '{pre_name}' is not the one checkpoint {cfg.finetuned} was fine-tuned "
+                           f"from (content hash differs)")
+    return GraftSpace.build(ft_model, pre_model, device)
+
+
+# ---------------------------------------------------------------------------------------------- 2. reference
+
+
+@dataclass
+class Measured:
+    """A parameter vector's test metrics (``ood``: on each other task's test set) and its predictions."""
+
+    metrics: dict[str, Any]
+    probs: np.ndarray  # test-set probabilities
+    preds: dict[str, np.ndarray]  # argmax predictions: "test" and each OOD task
+
+
+def measure(inputs: GraftInputs, theta: torch.Tensor, reference: dict[str, np.ndarray] | None = None) -> Measured:
+    """Metrics of the model at ``theta``; with ``reference`` predictions, also its agreement with them."""
+    probs = inputs.space.predict(theta, inputs.test)
+    m = evaluate_probs(probs, inputs.test.labels, reference["test"] if reference else None)
+    m["ood"] = {}
+    preds = {"test": probs.argmax(1)}
+    for oname, oenc in inputs.ood.items():
+        op = inputs.space.predict(theta, oenc)
+        m["ood"][oname] = evaluate_probs(op, oenc.labels, reference.get(oname) if reference else None)
+        preds[oname] = op.argmax(1)
+    return Measured(m, probs, preds)
+
+
+@dataclass
+class Reference:
+    """The two ends Rel is measured between: the pretrained body (with the task head) and the fine-tuned model."""
+
+    pretrained: Measured
+    finetuned: Measured
+    theta_ft: torch.Tensor
+
+    def add_rel(self, m: dict[str, Any]) -> None:
+        """Add Rel to metrics ``m`` (and to each of its OOD metrics)."""
+        pre, ft = self.pretrained.metrics, self.finetuned.metrics
+        m["rel"] = relative_gain(m["accuracy"], pre["accuracy"], ft["accuracy"])
+        for oname, om in m.get("ood", {}).items():
+            om["rel"] = relative_gain(om["accuracy"], pre["ood"][oname]["accuracy"], ft["ood"][oname]["accuracy"])
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return {"pretrained": self.pretrained.metrics, "finetuned": self.finetuned.metrics}
+
+
+def reference_metrics(inputs: GraftInputs) -> Reference:
+    """Measure the fine-tuned model, then the pretrained one against its predictions."""
+    theta_ft = inputs.space.pre + inputs.space.delta
+    ft = measure(inputs, theta_ft)
+    pre = measure(inputs, inputs.space.pre.clone(), ft.preds)
+    ft.metrics["agreement"] = 1.0
+    ref = Reference(pre, ft, theta_ft)
+    ref.add_rel(pre.metrics)
+    ref.add_rel(ft.metrics)
+    return ref
+
+
+# ---------------------------------------------------------------------------------------------- 3-5. regions
+
+
+@dataclass
+class Resume:
+    """Periodic state of one task's graft, next to its output folder; reused only with ``--resume``."""
+
+    state: ResumeState
+    enabled: bool
+    config: dict[str, Any]  # a state written with other settings is refused
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        return self.state.load(name, self.config) if self.enabled else None
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        self.state.save(name, state, self.config)
+
+
+@dataclass
+class Regions:
+    """What the methods produced: one result entry each, the entries with a patch, reliability curves."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    written: list[dict[str, Any]] = field(default_factory=list)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def graft_regions(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref: Reference, resume: Resume,
+                  run: Run, folder: Path, show_progress: bool) -> Regions:
+    """Every method at every sparsity: select, evaluate and (learned methods, or with --save-baselines)
+    write the region's SkillPatch into ``folder``."""
+    labels = np.asarray(inputs.test.labels)
+    regions = Regions(curves={"fine-tuned": (ref.finetuned.probs, labels),
+                              "pretrained (+head)": (ref.pretrained.probs, labels)})
+    for s in cfg.sparsity:
+        for mname in cfg.method:
+            method = get_method(mname)
+            t0 = time.perf_counter()
+            sel = select(inputs, mname, method, s, cfg.seed, resume, run, show_progress)
+            seconds = time.perf_counter() - t0
+            region = evaluate_region(inputs, ref, sel.indices)
+            entry = _entry(inputs, mname, method, s, sel, region.metrics, seconds)
+            if method.learned:
+                regions.curves[f"graft s={s:g}"] = (region.probs, labels)
+            if method.learned or cfg.save_baselines:
+                path = write_patch(cfg, meta, inputs, ref, mname, method, s, sel.indices, region.metrics, folder)
+                entry["patch"] = str(inputs.out / path.name)
+                entry["patch_bytes"] = path.stat().st_size
+                regions.written.append(entry)
+            run.log_metrics(region.metrics, prefix=f"test/{mname}_s{s:g}/")
+            run.log_metrics({"region_size": entry["region_size"], "seconds": seconds}, prefix=f"{mname}_s{s:g}/")
+            regions.results.append(entry)
+    return regions
+
+
+def select(inputs: GraftInputs, mname: str, method: Method, sparsity: float, seed: int, resume: Resume, run: Run,
+           show_progress: bool) -> Selection:
+    """One method's region at one sparsity; with --resume a saved selection (or learning state) is reused."""
+    total = inputs.settings["updates"] if method.learned else 1
+    key = f"{safe_name(mname)}-s{sparsity:g}"
+    with progress_bar(total, f"{mname} s={sparsity:g}", show_progress) as upd:
+        def progress(step: int, _total: int, h: dict[str, Any]) -> None:
+            upd(step, f"train {h.get('train', float('nan')):.3f} dev {h.get('dev', float('nan')):.3f} "
+                      f"size {h['size']:,}")
+            run.log_metrics({f"graft_s{sparsity:g}/{k_}": v for k_, v in h.items() if k_ != "update"}, step=step)
+
+        done = resume.load(f"selection-{key}")
+        if done is not None:
+            sel = Selection(done["indices"], done["info"])
+        else:
+            ctx = SelectContext(inputs.space, inputs.budgets[sparsity], inputs.train, inputs.dev, inputs.settings, seed,
+                                progress=progress if method.learned else None, state=resume.load(f"learn-{key}"),
+                                checkpoint=(lambda st: resume.save(f"learn-{key}", st)) if method.learned else None)
+            sel = method.select(ctx)
+            resume.save(f"selection-{key}", {"indices": sel.indices, "info": sel.info})
+        upd(total)
+    return sel
+
+
+def evaluate_region(inputs: GraftInputs, ref: Reference, idx: torch.Tensor) -> Measured:
+    """The pretrained model with the fine-tuned values at ``idx`` grafted in, measured (Rel included)."""
+    region = measure(inputs, inputs.space.theta_from_indices(idx), ref.finetuned.preds)
+    ref.add_rel(region.metrics)
+    return region
+
+
+def _entry(inputs: GraftInputs, mname: str, method: Method, sparsity: float, sel: Selection, metrics: dict[str, Any],
+           seconds: float) -> dict[str, Any]:
+    idx = sel.indices
+    entry: dict[str, Any] = {
+        "method": mname, "sparsity": sparsity, "k": inputs.budgets[sparsity], "region_size": int(idx.numel()),
+        "region_fraction": idx.numel() / inputs.space.numel, "seconds": round(seconds, 3), "patch": None,
+        "test": metrics,
+    }
+    if method.learned:
+        for key in ("updates_run", "best_update", "candidates"):
+            entry[key] = sel.info.get(key)
+    return entry
+
+
+def write_patch(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref: Reference, mname: str,
+                method: Method, sparsity: float, idx: torch.Tensor, metrics: dict[str, Any], folder: Path) -> Path:
+    """Save the region's SkillPatch (fine-tuned values at ``idx`` + the task head) in ``folder``."""
+    space, spec = inputs.space, inputs.spec
+    header = {
+        "base_model": inputs.pre_name, "base_hash": space.base_hash, "graftable": space.graftable_list(),
+        "task": spec.name, "tasks_info": {spec.name: inputs.info.model_dump()},
+        "model_type": meta.model_type, "method": mname,
+        "method_settings": inputs.settings if method.learned else {}, "sparsity_requested": sparsity,
+        "seed": cfg.seed, "data": inputs.data,
+        "metrics": {"test": metrics, "reference": ref.to_json()},
+        "finetuned": {"path": str(Path(cfg.finetuned).resolve()), "mlflow_run_id": meta.mlflow_run_id,
+                      "mode": meta.mode},
+    }
+    patch = SkillPatch.from_flat_values(idx.numpy(), ref.theta_ft[idx.to(space.device)].cpu(), inputs.head, header)
+    path = folder / f"{safe_name(spec.name)}-{mname}-s{sparsity:g}.skillpatch.safetensors"
+    patch.save(path)
+    return path
