@@ -96,6 +96,7 @@ def show_cmd(
 ) -> None:
     """Everything about one patch: all tags, run metrics and lineage (producing run, fine-tuning run)."""
     from mtgraft.registry import MaskRegistry, file_info
+    from mtgraft.tracking import flatten
 
     info = file_info(ref) if _is_file(ref) else MaskRegistry(tracking_uri).show(ref)
     if json_out:
@@ -107,7 +108,7 @@ def show_cmd(
     t.add_column("value", overflow="fold")
     for k, v in sorted(info["tags"].items()):
         t.add_row(k, v)
-    for k, v in sorted(_flat(info.get("metrics") or {}).items()):
+    for k, v in sorted(flatten(info.get("metrics") or {}, sep="/").items()):
         t.add_row(f"metric {k}", _f(v) if isinstance(v, float) else str(v))
     for k, v in (info.get("lineage") or {}).items():
         if v is not None:
@@ -115,16 +116,6 @@ def show_cmd(
     if info.get("description"):
         t.add_row("description", info["description"])
     table_out.print(t)
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @masks_app.command("pull")
@@ -172,8 +163,8 @@ def apply_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
 ) -> None:
     """Graft one or more skills onto one base (Localize-and-Stitch) and save a checkpoint folder."""
-    from mtgraft.patches import OVERLAP_POLICIES, SkillPatch
-    from mtgraft.registry import apply_patches, resolve_patch_files
+    from mtgraft.patches import OVERLAP_POLICIES, SkillPatch, apply_patches
+    from mtgraft.registry import resolve_patch_files
 
     if overlap not in OVERLAP_POLICIES:
         raise MtgraftError(f"unknown --overlap '{overlap}' (use average, sum or error)")

@@ -158,8 +158,7 @@ def apply_cmd(
 
     A base model whose graftable tensors differ from the patch's (content hash) is refused.
     """
-    from mtgraft.patches import SkillPatch, sha256
-    from mtgraft.registry.apply import apply_patches
+    from mtgraft.patches import SkillPatch, apply_patches, sha256
 
     p = SkillPatch.load(patch)
     result = apply_patches([p], to, out, sources=[{"path": str(patch), "sha256": sha256(patch)}])

@@ -1,7 +1,8 @@
 """SkillPatch: a graft region (flat indices + fine-tuned values), the task head and a JSON header.
 
 One safetensors file; applying it to the base model gives the grafted model without the
-fine-tuned checkpoint. Format: docs/skillpatch-format.md.
+fine-tuned checkpoint (``apply_patches`` composes patches onto a base and saves a checkpoint).
+Format: docs/skillpatch-format.md.
 """
 
 from mtgraft.patches.algebra import (
@@ -16,6 +17,7 @@ from mtgraft.patches.algebra import (
     stitch,
     union,
 )
+from mtgraft.patches.apply import apply_patches
 from mtgraft.patches.header import FORMAT, FORMAT_VERSION, HEADER_KEY, PatchHeader, make_header, short_hash
 from mtgraft.patches.patch import SkillPatch, file_stats, index_dtype, sha256
 
@@ -27,6 +29,7 @@ __all__ = [
     "Overlap",
     "PatchHeader",
     "SkillPatch",
+    "apply_patches",
     "check_same_base",
     "containment",
     "difference",

@@ -114,15 +114,11 @@ class SkillPatch:
         hdr = make_header(header)
         flat_t = torch.as_tensor(np.asarray(flat, dtype=np.int64)).reshape(-1)
         flat_t = torch.unique(flat_t)  # sorted, unique
-        if flat_t.numel() and (flat_t[0] < 0 or flat_t[-1] >= hdr.graftable_size):
-            raise MtgraftError(f"flat index out of range [0, {hdr.graftable_size})")
         indices, values = {}, {}
-        for name, (start, stop) in _spans(hdr).items():
-            lo, hi = torch.searchsorted(flat_t, torch.tensor([start, stop])).tolist()
-            if hi > lo:
-                idx = flat_t[lo:hi] - start
-                indices[name] = idx
-                values[name] = _gather(finetuned, name, hdr.shapes()[name], idx)
+        for name, lo, hi, start in _runs(hdr, flat_t):
+            idx = flat_t[lo:hi] - start
+            indices[name] = idx
+            values[name] = _gather(finetuned, name, hdr.shapes()[name], idx)
         return cls(hdr, indices, values, head)
 
     @classmethod
@@ -136,14 +132,10 @@ class SkillPatch:
             raise MtgraftError(f"{flat_t.numel()} flat indices but {values.numel()} values")
         if flat_t.numel() > 1 and not bool((flat_t[1:] > flat_t[:-1]).all()):
             raise MtgraftError("flat indices must be sorted and unique")
-        if flat_t.numel() and (flat_t[0] < 0 or flat_t[-1] >= hdr.graftable_size):
-            raise MtgraftError(f"flat index out of range [0, {hdr.graftable_size})")
         indices, vals = {}, {}
-        for name, (start, stop) in _spans(hdr).items():
-            lo, hi = torch.searchsorted(flat_t, torch.tensor([start, stop])).tolist()
-            if hi > lo:
-                indices[name] = flat_t[lo:hi] - start
-                vals[name] = values[lo:hi].clone()
+        for name, lo, hi, start in _runs(hdr, flat_t):
+            indices[name] = flat_t[lo:hi] - start
+            vals[name] = values[lo:hi].clone()
         return cls(hdr, indices, vals, head)
 
     # ------------------------------------------------------------------ queries
@@ -340,6 +332,19 @@ class SkillPatch:
 def _torch_dtype(name: str) -> torch.dtype:
     dt = getattr(torch, name, None)
     return dt if isinstance(dt, torch.dtype) else torch.float32
+
+
+def _runs(hdr: PatchHeader, flat_t: torch.Tensor) -> list[tuple[str, int, int, int]]:
+    """(name, lo, hi, start) for each graftable tensor that holds some of the sorted global flat indices
+    ``flat_t``: they are ``flat_t[lo:hi]``, and ``start`` is the tensor's offset. Out-of-range indices are refused."""
+    if flat_t.numel() and (flat_t[0] < 0 or flat_t[-1] >= hdr.graftable_size):
+        raise MtgraftError(f"flat index out of range [0, {hdr.graftable_size})")
+    runs = []
+    for name, (start, stop) in _spans(hdr).items():
+        lo, hi = torch.searchsorted(flat_t, torch.tensor([start, stop])).tolist()
+        if hi > lo:
+            runs.append((name, lo, hi, start))
+    return runs
 
 
 def _spans(hdr: PatchHeader) -> dict[str, tuple[int, int]]:

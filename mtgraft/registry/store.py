@@ -3,176 +3,44 @@
 Each registered patch is a model version of ``skill.<task>.<base>-<hash8>`` (see ``naming.py``).
 The patch file is an artifact of an MLflow run (the graft run that made it, or a small
 ``mtgraft-register`` run), the version's ``source`` is that artifact folder and its ``run_id``
-links it to the run. Tags (``mtgraft.*``) carry what the patch is; the alias ``best`` points at
-the version with the highest Rel, and MLflow's reserved alias ``latest`` at the newest one.
+links it to the run. Tags (``mtgraft.*``, see ``records.py``) carry what the patch is; the alias ``best``
+points at the version with the highest Rel, and MLflow's reserved alias ``latest`` at the newest one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mtgraft.errors import MtgraftError
-from mtgraft.registry.naming import (
-    BEST,
-    LATEST,
-    Ref,
-    check_alias_name,
-    looks_like_path,
-    model_name,
-    parse_ref,
+from mtgraft.registry.mlflow_io import first_line, is_connection_error, is_transient, quiet_env, quiet_mlflow
+from mtgraft.registry.naming import BEST, LATEST, Ref, check_alias_name, model_name, parse_ref
+from mtgraft.registry.records import (
+    ARTIFACT_DIR,
+    EXPERIMENT,
+    FILE_TAG,
+    KIND,
+    KIND_TAG,
+    SHA_TAG,
+    RegisteredMask,
+    base_matches,
+    describe,
+    fmt,
+    num,
+    ranges,
+    row,
+    version_tags,
 )
 from mtgraft.utils import atomic_file, sha256_file
 
 T = TypeVar("T")
-
-KIND_TAG = "mtgraft.kind"
-KIND = "skillpatch"
-ARTIFACT_DIR = "skillpatch"
-EXPERIMENT = "mtgraft-registry"
-TAG = "mtgraft."
-SHA_TAG = "mtgraft.patch_sha256"
-FILE_TAG = "mtgraft.patch_file"
-
-
-@dataclass
-class RegisteredMask:
-    """One registered version of a SkillPatch."""
-
-    name: str
-    version: str
-    aliases: list[str] = field(default_factory=list)
-    run_id: str | None = None
-    sha256: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ref(self) -> str:
-        """``name/version``."""
-        return f"{self.name}/{self.version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form."""
-        return {"name": self.name, "version": self.version, "ref": self.ref, "aliases": self.aliases,
-                "run_id": self.run_id, "sha256": self.sha256, "tags": self.tags}
-
-
-def _quiet_mlflow() -> None:
-    for name in ("mlflow", "alembic", "urllib3.connectionpool"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-_QUIET_ENV = {
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # patches are kB; the bars only clutter stderr
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout is for --json
-}
-
-
-@contextlib.contextmanager
-def _quiet_env() -> Iterator[None]:
-    """Keep MLflow from printing progress bars and run links (unless the user set these variables)."""
-    added = [k for k in _QUIET_ENV if k not in os.environ]
-    for k in added:
-        os.environ[k] = _QUIET_ENV[k]
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(getattr(e, "message", None) or e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-_TRANSIENT = ("database is locked", "integrityerror", "unique constraint failed", "duplicate key value",
-              "duplicate entry", "deadlock")
-
-
-def _is_transient(e: Exception) -> bool:
-    """Failures that a retry can fix: a locked sqlite store, or a concurrent writer winning an
-    insert race (e.g. two registrations setting the same alias at once)."""
-    code = getattr(e, "error_code", "")
-    text = str(e).lower()
-    return code == "TEMPORARILY_UNAVAILABLE" or any(s in text for s in _TRANSIENT)
-
-
-def _is_connection_error(e: Exception) -> bool:
-    text = str(e)
-    return any(s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish",
-                                   "ConnectionError", "Name or service not known", "Read timed out"))
-
-
-def _num(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if f == f else None
-
-
-def _metric(metrics: dict[str, Any], *keys: str) -> float | None:
-    """A headline metric from a patch header's metrics (``test`` section first, then top level)."""
-    for section in (metrics.get("test"), metrics):
-        if isinstance(section, dict):
-            for k in keys:
-                if k in section and _num(section[k]) is not None:
-                    return _num(section[k])
-    return None
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
-
-
-def version_tags(header: Any, sha256: str, patch_file: str) -> dict[str, str]:
-    """The ``mtgraft.*`` tags recorded on a model version, from a patch header (None values omitted)."""
-    h = header
-    data = h.data or {}
-    fin = h.finetuned or {}
-    values: dict[str, Any] = {
-        "kind": KIND,
-        "task": h.task if isinstance(h.task, str) else "+".join(h.task),
-        "base_model": h.base_model,
-        "base_hash": h.base_hash,
-        "model_type": h.model_type,
-        "method": h.method,
-        "method_settings": h.method_settings or {},
-        "sparsity": h.sparsity,
-        "sparsity_requested": h.sparsity_requested,
-        "region_size": h.region_size,
-        "graftable_size": h.graftable_size,
-        "head_params": h.head_params,
-        "k": data.get("k"),
-        "data_seed": data.get("seed"),
-        "max_test": data.get("max_test"),
-        "seed": h.seed,
-        "finetune_run_id": fin.get("mlflow_run_id"),
-        "finetuned_path": fin.get("path"),
-        "test_accuracy": _metric(h.metrics or {}, "accuracy", "acc"),
-        "rel": _metric(h.metrics or {}, "rel", "Rel"),
-        "ece": _metric(h.metrics or {}, "ece", "ECE"),
-        "patch_sha256": sha256,
-        "patch_file": patch_file,
-        "payload_hash": h.payload_hash,
-        "created_at": h.created_at,
-    }
-    return {TAG + k: _fmt(v) for k, v in values.items() if v is not None}
 
 
 class MaskRegistry:
@@ -185,7 +53,7 @@ class MaskRegistry:
 
         from mtgraft.tracking import check_reachable
 
-        _quiet_mlflow()
+        quiet_mlflow()
         from mlflow.exceptions import MlflowException
 
         # None: what MLflow itself would use (a URI set in-process, else $MLFLOW_TRACKING_URI, else its default)
@@ -195,7 +63,7 @@ class MaskRegistry:
         try:
             self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         except MlflowException as e:  # unsupported scheme, retired file store, unreadable database...
-            raise MtgraftError(f"cannot open the MLflow store at {self.tracking_uri}: {_first_line(e)[:300]}") from None
+            raise MtgraftError(f"cannot open the MLflow store at {self.tracking_uri}: {first_line(e)[:300]}") from None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -213,7 +81,7 @@ class MaskRegistry:
             except MlflowException as e:
                 if self._code(e) in raw:
                     raise
-                if attempt + 1 < attempts and _is_transient(e):
+                if attempt + 1 < attempts and is_transient(e):
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 2.0)
                     continue
@@ -221,13 +89,13 @@ class MaskRegistry:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _error(self, e: Exception, what: str) -> MtgraftError:
-        if _is_connection_error(e):
+        if is_connection_error(e):
             return MtgraftError(f"cannot reach the MLflow tracking server at {self.tracking_uri}: "
-                                f"{_first_line(e)[:200]}")
+                                f"{first_line(e)[:200]}")
         if "error code 404 != 200" in str(e) or "error code 405 != 200" in str(e):
             return MtgraftError(f"{self.tracking_uri} does not answer MLflow API requests (HTTP 404/405): "
                                 "is it an MLflow tracking server, and the right URL?")
-        return MtgraftError(f"{what} failed at {self.tracking_uri}: {_first_line(e)[:300]}")
+        return MtgraftError(f"{what} failed at {self.tracking_uri}: {first_line(e)[:300]}")
 
     @staticmethod
     def _code(e: Exception) -> str:
@@ -324,15 +192,15 @@ class MaskRegistry:
             run = self._call(self.client.get_run, run_id, what=f"reading MLflow run {run_id}")
             source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_file.rsplit('/', 1)[0]}"
             tags = version_tags(h, sha, artifact_file)
-            tags.update({str(k): _fmt(v) for k, v in (extra_tags or {}).items() if v is not None})
+            tags.update({str(k): fmt(v) for k, v in (extra_tags or {}).items() if v is not None})
             self._ensure_registered_model(name, h)
-            desc = _describe(h)
+            desc = describe(h)
             mv = self._call(self.client.create_model_version, name, source, run_id=run_id, tags=tags,
                             description=desc, await_creation_for=0, what=f"registering a version of {name}")
             status = "FINISHED"
         finally:
             if own_run:
-                with contextlib.suppress(Exception), _quiet_env():
+                with contextlib.suppress(Exception), quiet_env():
                     self.client.set_terminated(run_id, status=status)
         self._update_best(name)
         rm = self._registered_model(name)
@@ -377,12 +245,12 @@ class MaskRegistry:
                 if self._artifact_sha(run_id, f"{ARTIFACT_DIR}/{path.name}") == sha:
                     return f"{ARTIFACT_DIR}/{path.name}"  # the same file: no second upload
                 sub = f"{ARTIFACT_DIR}/{sha[:12]}"  # never overwrite a different patch
-        with _quiet_env():
+        with quiet_env():
             self._call(self.client.log_artifact, run_id, str(path), sub, what="uploading the patch file")
         return f"{sub}/{path.name}"
 
     def _artifact_sha(self, run_id: str, artifact: str) -> str:
-        with tempfile.TemporaryDirectory(prefix="mtgraft-sha-") as tmp, _quiet_env():
+        with tempfile.TemporaryDirectory(prefix="mtgraft-sha-") as tmp, quiet_env():
             local = self._call(self.client.download_artifacts, run_id, artifact, tmp,
                                what=f"reading {artifact} of run {run_id}")
             return sha256_file(local)
@@ -392,7 +260,7 @@ class MaskRegistry:
         for _ in range(3):
             rm = self._registered_model(name)
             versions = self._versions(f"name = '{name}'")
-            rels = {str(v.version): _num(v.tags.get("mtgraft.rel")) for v in versions}
+            rels = {str(v.version): num(v.tags.get("mtgraft.rel")) for v in versions}
             scored = [(r, -int(ver), ver) for ver, r in rels.items() if r is not None]
             if not scored:
                 return
@@ -421,7 +289,7 @@ class MaskRegistry:
             except MlflowException:
                 have = sorted(int(v.version) for v in self._versions(f"name = '{r.name}'"))
                 raise MtgraftError(f"registered model '{r.name}' has no version {r.version} "
-                                   f"(versions: {_ranges(have) or 'none'})") from None
+                                   f"(versions: {ranges(have) or 'none'})") from None
         alias = r.alias or LATEST
         rm = self._registered_model(r.name)
         if alias.lower() != LATEST and alias not in (rm.aliases or {}):
@@ -448,7 +316,7 @@ class MaskRegistry:
         if not mv.run_id:
             raise MtgraftError(f"registry entry {mv.name}/{mv.version} has no MLflow run to download from")
         artifact = mv.tags[FILE_TAG]
-        with _quiet_env():
+        with quiet_env():
             local = Path(self._call(self.client.download_artifacts, mv.run_id, artifact, str(dst_dir),
                                     what=f"downloading {mv.name}/{mv.version}"))
         expected = mv.tags[SHA_TAG]
@@ -491,11 +359,11 @@ class MaskRegistry:
             t = mv.tags or {}
             if task is not None and task not in t.get("mtgraft.task", "").split("+"):
                 continue
-            if base is not None and not _base_matches(base, t, mv.name):
+            if base is not None and not base_matches(base, t, mv.name):
                 continue
             if mv.name not in models:
                 models[mv.name] = self._registered_model(mv.name)
-            rows.append(_row(mv, self._aliases_of(models[mv.name], mv.version, str(newest[mv.name]))))
+            rows.append(row(mv, self._aliases_of(models[mv.name], mv.version, str(newest[mv.name]))))
         rows.sort(key=lambda r: (r["name"], int(r["version"])))
         return rows
 
@@ -505,7 +373,7 @@ class MaskRegistry:
         self.check_skillpatch(mv)
         rm = self._registered_model(mv.name)
         tags = dict(mv.tags or {})
-        out = _row(mv, self._aliases_of(rm, mv.version, self._newest(mv.name)))
+        out = row(mv, self._aliases_of(rm, mv.version, self._newest(mv.name)))
         out["ref"] = f"{mv.name}/{mv.version}"
         out["registered"] = True
         out["tracking_uri"] = self.tracking_uri
@@ -530,7 +398,7 @@ class MaskRegistry:
                     lineage["run_url"] = (f"{self.tracking_uri.rstrip('/')}/#/experiments/"
                                           f"{run.info.experiment_id}/runs/{mv.run_id}")
             except MlflowException as e:
-                if _is_connection_error(e):
+                if is_connection_error(e):
                     raise self._error(e, "reading the producing run") from None
                 lineage["run_status"] = "deleted or unreadable"
         out["metrics"] = metrics
@@ -569,113 +437,20 @@ class MaskRegistry:
         return {"deleted": f"{mv.name}/{mv.version}", "versions": 1}
 
 
-# ---------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------- one call, one registry
 
 
-def _describe(h: Any) -> str:
-    acc = _metric(h.metrics or {}, "accuracy", "acc")
-    rel = _metric(h.metrics or {}, "rel", "Rel")
-    bits = [f"SkillPatch of task '{h.task if isinstance(h.task, str) else '+'.join(h.task)}'",
-            f"method {h.method}", f"sparsity {h.sparsity:.3g} of the graftable body ({h.region_size} params)"]
-    if acc is not None:
-        bits.append(f"test accuracy {acc:.4f}")
-    if rel is not None:
-        bits.append(f"Rel {rel:.4f}")
-    return ", ".join(bits) + "."
+def register_patch(patch_path: str | os.PathLike, run_id: str | None = None, tracking_uri: str | None = None,
+                   extra_tags: dict[str, Any] | None = None) -> RegisteredMask:
+    """Register one patch file (what ``mtgraft graft`` calls unless ``--no-register``)."""
+    return MaskRegistry(tracking_uri).register_patch(patch_path, run_id=run_id, extra_tags=extra_tags)
 
 
-def _row(mv: Any, aliases: list[str]) -> dict[str, Any]:
-    return _row_from(mv.name, str(mv.version), mv.run_id, mv.tags or {}, aliases)
+def list_masks(task: str | None = None, base: str | None = None, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Registered SkillPatch versions, optionally of one task and/or base model."""
+    return MaskRegistry(tracking_uri).list_masks(task=task, base=base)
 
 
-def _row_from(name: str, version: str | None, run_id: str | None, t: dict[str, str],
-              aliases: list[str]) -> dict[str, Any]:
-    region = t.get("mtgraft.region_size")
-    return {
-        "name": name, "version": version, "aliases": aliases,
-        "task": t.get("mtgraft.task"), "base_model": t.get("mtgraft.base_model"),
-        "base_hash": t.get("mtgraft.base_hash"), "method": t.get("mtgraft.method"),
-        "sparsity": _num(t.get("mtgraft.sparsity")),
-        "region_size": int(region) if region is not None and region.isdigit() else None,
-        "k": t.get("mtgraft.k"), "seed": t.get("mtgraft.seed"),
-        "accuracy": _num(t.get("mtgraft.test_accuracy")), "rel": _num(t.get("mtgraft.rel")),
-        "ece": _num(t.get("mtgraft.ece")), "run_id": run_id, "sha256": t.get(SHA_TAG),
-    }
-
-
-def _base_matches(base: str, tags: dict[str, str], name: str) -> bool:
-    from mtgraft.registry.naming import base_short_name
-
-    b = base.lower()
-    model = tags.get("mtgraft.base_model", "")
-    h = tags.get("mtgraft.base_hash", "").lower()
-    return (b in (model.lower(), base_short_name(model)) or base_short_name(base) == base_short_name(model)
-            or (len(b.split(":")[-1]) >= 6 and h.split(":")[-1].startswith(b.split(":")[-1])))
-
-
-def _ranges(nums: list[int]) -> str:
-    if not nums:
-        return ""
-    parts, start, prev = [], nums[0], nums[0]
-    for n in [*nums[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if n is not None:
-            start = prev = n
-    return ", ".join(parts)
-
-
-# ---------------------------------------------------------------------- REFs that may be files
-
-
-def file_info(path: str | os.PathLike) -> dict[str, Any]:
-    """What ``show`` reports for a local patch file: the same fields and the tags it would be registered with."""
-    from mtgraft.patches.patch import SkillPatch
-
-    p = Path(path)
-    patch = SkillPatch.load(p)
-    h = patch.header
-    sha = sha256_file(p)
-    tags = version_tags(h, sha, f"{ARTIFACT_DIR}/{p.name}")
-    out = _row_from(model_name(h.task, h.base_model, h.base_hash), None, None, tags, [])
-    out.update(ref=str(p), path=str(p), registered=False, tags=tags, metrics=h.metrics,
-               lineage={"finetune_run_id": (h.finetuned or {}).get("mlflow_run_id"),
-                        "finetuned_path": (h.finetuned or {}).get("path"),
-                        "base_model": h.base_model, "base_hash": h.base_hash})
-    return out
-
-
-
-def local_patch(ref: str) -> Path | None:
-    """The file a REF names if it is a local patch file; None for a registry reference;
-    MtgraftError for something that looks like a path but does not exist."""
-    p = Path(ref).expanduser()
-    if p.is_file():
-        return p
-    if looks_like_path(ref) and "@" not in ref and not ref.startswith("models:/"):
-        raise MtgraftError(f"patch file '{ref}' does not exist (nor is it a registry reference)")
-    return None
-
-
-@contextlib.contextmanager
-def resolve_patch_files(refs: list[str], tracking_uri: str | None = None) -> Iterator[list[dict[str, Any]]]:
-    """Yield one dict per REF (``path``, ``ref``, ``sha256``, ``registry``): local files as they are,
-    registry entries downloaded (sha256-verified) into a temporary folder removed afterwards."""
-    registry: MaskRegistry | None = None
-    with tempfile.TemporaryDirectory(prefix="mtgraft-refs-") as tmp:
-        out = []
-        for i, ref in enumerate(refs):
-            p = local_patch(ref)
-            if p is not None:
-                out.append({"ref": ref, "path": p, "sha256": sha256_file(p), "registry": False})
-                continue
-            if registry is None:
-                registry = MaskRegistry(tracking_uri)
-            dst = Path(tmp) / str(i)
-            dst.mkdir()
-            local, mv = registry.fetch(ref, dst)
-            out.append({"ref": f"{mv.name}/{mv.version}", "path": local, "sha256": mv.tags[SHA_TAG],
-                        "registry": True, "base_hash": mv.tags.get("mtgraft.base_hash")})
-        yield out
+def pull(ref: str, out: str | os.PathLike, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Download a registered patch to ``out`` after checking its sha256."""
+    return MaskRegistry(tracking_uri).pull(ref, out)

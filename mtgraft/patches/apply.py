@@ -1,4 +1,7 @@
-"""Compose one or more SkillPatches onto their base model and save the grafted model as a checkpoint."""
+"""Compose one or more SkillPatches onto their base model and save the grafted model as a checkpoint.
+
+No registry here: a caller resolves registry references to files first (``mtgraft.registry.resolve_patch_files``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mtgraft.errors import MtgraftError
+from mtgraft.patches.algebra import OVERLAP_POLICIES, check_same_base, stitch
+from mtgraft.patches.header import short_hash
 
 
 def apply_patches(patches: list[Any], base_model: str | None, out_dir: str | os.PathLike,
@@ -27,7 +32,6 @@ def apply_patches(patches: list[Any], base_model: str | None, out_dir: str | os.
         load_checkpoint,
         save_checkpoint,
     )
-    from mtgraft.patches import OVERLAP_POLICIES, check_same_base, short_hash, stitch
 
     if not patches:
         raise MtgraftError("no patches to apply")

@@ -1,0 +1,156 @@
+"""What a registered SkillPatch version records (its ``mtgraft.*`` tags) and how a version reads as a row.
+
+The tags are made from a patch header (``version_tags``); ``row`` turns a version's tags back into the fields
+``list``/``show`` report; the same fields describe a local patch file (``files.file_info``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtgraft.registry.naming import base_short_name
+
+KIND_TAG = "mtgraft.kind"
+KIND = "skillpatch"
+ARTIFACT_DIR = "skillpatch"
+EXPERIMENT = "mtgraft-registry"
+TAG = "mtgraft."
+SHA_TAG = "mtgraft.patch_sha256"
+FILE_TAG = "mtgraft.patch_file"
+
+
+@dataclass
+class RegisteredMask:
+    """One registered version of a SkillPatch."""
+
+    name: str
+    version: str
+    aliases: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    sha256: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        """``name/version``."""
+        return f"{self.name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {"name": self.name, "version": self.version, "ref": self.ref, "aliases": self.aliases,
+                "run_id": self.run_id, "sha256": self.sha256, "tags": self.tags}
+
+def num(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None
+
+
+def metric(metrics: dict[str, Any], *keys: str) -> float | None:
+    """A headline metric from a patch header's metrics (``test`` section first, then top level)."""
+    for section in (metrics.get("test"), metrics):
+        if isinstance(section, dict):
+            for k in keys:
+                if k in section and num(section[k]) is not None:
+                    return num(section[k])
+    return None
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def version_tags(header: Any, sha256: str, patch_file: str) -> dict[str, str]:
+    """The ``mtgraft.*`` tags recorded on a model version, from a patch header (None values omitted)."""
+    h = header
+    data = h.data or {}
+    fin = h.finetuned or {}
+    values: dict[str, Any] = {
+        "kind": KIND,
+        "task": h.task if isinstance(h.task, str) else "+".join(h.task),
+        "base_model": h.base_model,
+        "base_hash": h.base_hash,
+        "model_type": h.model_type,
+        "method": h.method,
+        "method_settings": h.method_settings or {},
+        "sparsity": h.sparsity,
+        "sparsity_requested": h.sparsity_requested,
+        "region_size": h.region_size,
+        "graftable_size": h.graftable_size,
+        "head_params": h.head_params,
+        "k": data.get("k"),
+        "data_seed": data.get("seed"),
+        "max_test": data.get("max_test"),
+        "seed": h.seed,
+        "finetune_run_id": fin.get("mlflow_run_id"),
+        "finetuned_path": fin.get("path"),
+        "test_accuracy": metric(h.metrics or {}, "accuracy", "acc"),
+        "rel": metric(h.metrics or {}, "rel", "Rel"),
+        "ece": metric(h.metrics or {}, "ece", "ECE"),
+        "patch_sha256": sha256,
+        "patch_file": patch_file,
+        "payload_hash": h.payload_hash,
+        "created_at": h.created_at,
+    }
+    return {TAG + k: fmt(v) for k, v in values.items() if v is not None}
+
+def describe(h: Any) -> str:
+    acc = metric(h.metrics or {}, "accuracy", "acc")
+    rel = metric(h.metrics or {}, "rel", "Rel")
+    bits = [f"SkillPatch of task '{h.task if isinstance(h.task, str) else '+'.join(h.task)}'",
+            f"method {h.method}", f"sparsity {h.sparsity:.3g} of the graftable body ({h.region_size} params)"]
+    if acc is not None:
+        bits.append(f"test accuracy {acc:.4f}")
+    if rel is not None:
+        bits.append(f"Rel {rel:.4f}")
+    return ", ".join(bits) + "."
+
+
+def row(mv: Any, aliases: list[str]) -> dict[str, Any]:
+    return row_from(mv.name, str(mv.version), mv.run_id, mv.tags or {}, aliases)
+
+
+def row_from(name: str, version: str | None, run_id: str | None, t: dict[str, str],
+              aliases: list[str]) -> dict[str, Any]:
+    region = t.get("mtgraft.region_size")
+    return {
+        "name": name, "version": version, "aliases": aliases,
+        "task": t.get("mtgraft.task"), "base_model": t.get("mtgraft.base_model"),
+        "base_hash": t.get("mtgraft.base_hash"), "method": t.get("mtgraft.method"),
+        "sparsity": num(t.get("mtgraft.sparsity")),
+        "region_size": int(region) if region is not None and region.isdigit() else None,
+        "k": t.get("mtgraft.k"), "seed": t.get("mtgraft.seed"),
+        "accuracy": num(t.get("mtgraft.test_accuracy")), "rel": num(t.get("mtgraft.rel")),
+        "ece": num(t.get("mtgraft.ece")), "run_id": run_id, "sha256": t.get(SHA_TAG),
+    }
+
+
+def base_matches(base: str, tags: dict[str, str], name: str) -> bool:
+    b = base.lower()
+    model = tags.get("mtgraft.base_model", "")
+    h = tags.get("mtgraft.base_hash", "").lower()
+    return (b in (model.lower(), base_short_name(model)) or base_short_name(base) == base_short_name(model)
+            or (len(b.split(":")[-1]) >= 6 and h.split(":")[-1].startswith(b.split(":")[-1])))
+
+
+def ranges(nums: list[int]) -> str:
+    if not nums:
+        return ""
+    parts, start, prev = [], nums[0], nums[0]
+    for n in [*nums[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(parts)
+
