@@ -47,30 +47,22 @@ def check_reachable(uri: str | None, timeout: float = 4.0) -> None:
         raise MtgraftError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into 'a.b' keys (for MLflow params)."""
+def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Flatten nested dicts into 'a.b' keys (for MLflow params; ``sep`` joins the levels)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, key + sep, sep))
         else:
             out[key] = v
     return out
 
 
 def numeric_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric leaves of a nested dict, keyed 'prefix/a/b' (MLflow metric keys)."""
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(numeric_metrics(v, key + "/"))
-        elif isinstance(v, bool):
-            continue
-        elif isinstance(v, (int, float)) and v == v:
-            out[key] = float(v)
-    return out
+    """The numeric leaves of a nested dict, keyed 'prefix/a/b' (MLflow metric keys); NaN and bools left out."""
+    return {k: float(v) for k, v in flatten(d, prefix, "/").items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
 
 
 class Run:

@@ -269,3 +269,24 @@ def library_versions() -> dict[str, str]:
 def provenance() -> dict[str, Any]:
     """What to record with every run: code revision and library versions."""
     return {"git_revision": git_revision(), "versions": library_versions()}
+
+
+def lazy_face(package: str, where: dict[str, str]) -> tuple[Any, Any]:
+    """``__getattr__`` and ``__dir__`` for a package face that imports a name's module on first use.
+
+    ``where`` maps each public name to the submodule (relative to ``package``) that defines it, so that
+    ``from mtgraft.grafting import RECIPES`` does not load torch through the package's other modules.
+    """
+    import importlib
+
+    def __getattr__(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module '{package}' has no attribute '{name}'")
+        value = getattr(importlib.import_module(f"{package}.{where[name]}"), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(where) | set(vars(sys.modules[package])))
+
+    return __getattr__, __dir__

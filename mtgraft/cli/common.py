@@ -7,15 +7,17 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mtgraft.config import BaseConfig, build_config
 from mtgraft.errors import MtgraftError
 from mtgraft.progress import console
+
+if TYPE_CHECKING:  # pydantic models are built when a command runs, not when --help is shown
+    from mtgraft.config import BaseConfig
 
 # Human output goes to stderr so that ``--json`` leaves stdout to one JSON object; listing and inspection
 # commands (tasks list/show, masks list/show, patch info, methods) print their tables to stdout (``table_out``)
@@ -46,6 +48,8 @@ def resolve(ctx: typer.Context, cls: type[BaseConfig], config: str | None, param
     for name in required:
         if name not in over and params.get(name) is not None:
             over[name] = params[name]
+    from mtgraft.config import build_config
+
     return build_config(cls, config, over, section=section)
 
 

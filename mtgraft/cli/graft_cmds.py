@@ -7,8 +7,6 @@ from rich.table import Table
 
 from mtgraft.cli.app import app
 from mtgraft.cli.common import handle_errors, print_json, resolve, table_out
-from mtgraft.evaluation.runner import EvalConfig
-from mtgraft.grafting import GraftConfig
 from mtgraft.progress import console
 
 LEARN = "Learned graft (unset = from --recipe)"
@@ -78,6 +76,7 @@ def graft_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", rich_help_panel=OUT),
 ) -> None:
     """Learn per-task graft regions (and baselines) at one or more sparsities; write SkillPatches."""
+    from mtgraft.grafting import GraftConfig
     from mtgraft.workflows.graft import graft_and_register
 
     cfg = resolve(ctx, GraftConfig, config, locals(), required=("finetuned",))
@@ -119,7 +118,7 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", rich_help_panel=OUT),
 ) -> None:
     """Evaluate a checkpoint or a SkillPatch: accuracy, macro-F1, ECE (10 bins), Brier, agreement, Rel, OOD."""
-    from mtgraft.evaluation.runner import evaluate
+    from mtgraft.evaluation.runner import EvalConfig, evaluate
 
     cfg = resolve(ctx, EvalConfig, config, locals())
     rep = evaluate(cfg, show_progress=not json_out)

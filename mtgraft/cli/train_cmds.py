@@ -7,7 +7,6 @@ from rich.table import Table
 
 from mtgraft.cli.app import app
 from mtgraft.cli.common import handle_errors, print_json, resolve
-from mtgraft.config import TrainConfig
 from mtgraft.progress import console
 
 DATA = "Data"
@@ -48,6 +47,7 @@ def train_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout.", rich_help_panel=OUT),
 ) -> None:
     """Fine-tune a model on one task; keep the best dev checkpoint; evaluate on test."""
+    from mtgraft.config import TrainConfig
     from mtgraft.training import train
 
     cfg = resolve(ctx, TrainConfig, config, locals(), required=("task",))

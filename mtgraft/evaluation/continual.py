@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mtgraft.errors import MtgraftError
-from mtgraft.utils import atomic_file, write_json
+from mtgraft.utils import atomic_file, finite_or_none, write_json
 
 FORGETTING_VARIANTS = {
     "forgetting_final": "mean_{i<T} (R[i,i] - R[T,i]): drop from just after training task i to the end",
@@ -37,10 +37,6 @@ def _as_matrix(R: Any) -> np.ndarray:
     if not np.all(np.isfinite(diag_and_below)):
         raise MtgraftError("accuracy matrix has NaN/inf on or below the diagonal (tasks evaluated after training them)")
     return m
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def continual_metrics(R: Any, r0: Any = None) -> dict[str, Any]:
@@ -68,7 +64,7 @@ def continual_metrics(R: Any, r0: Any = None) -> dict[str, Any]:
             raise MtgraftError(f"r0 must have one accuracy per task ({T}), got {r.shape[0]}")
         if T > 1:
             later = np.arange(1, T)
-            fwt = _num(float(np.mean(m[later - 1, later] - r[later])))
+            fwt = finite_or_none(float(np.mean(m[later - 1, later] - r[later])))
     out["fwt"] = fwt
     return out
 
@@ -129,8 +125,8 @@ def save_accuracy_matrix(
         "rows": "stages (model after training task t, 1-based, in training order)",
         "columns": "evaluated tasks",
         "tasks": list(tasks),
-        "matrix": [[_num(v) for v in row] for row in m],
-        "r0": None if r0 is None else [_num(v) for v in np.asarray(r0, dtype=np.float64).reshape(-1)],
+        "matrix": [[finite_or_none(v) for v in row] for row in m],
+        "r0": None if r0 is None else [finite_or_none(v) for v in np.asarray(r0, dtype=np.float64).reshape(-1)],
         "metrics": metrics,
         "forgetting_variants": FORGETTING_VARIANTS,
     }

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from mtgraft.config import BaseConfig, parse_k
+from mtgraft.config import BaseConfig, CommaList, KShot
 from mtgraft.errors import MtgraftError
 from mtgraft.models import (
     CHECKPOINT_META,
@@ -34,8 +34,8 @@ class EvalConfig(BaseConfig):
     patch: str | None = None
     pretrained: str | None = None
     finetuned: str | None = None
-    eval_tasks: list[str] = Field(default_factory=list)
-    k: int | None = None
+    eval_tasks: CommaList = Field(default_factory=list)
+    k: KShot = None
     data_seed: int | None = None
     max_test: int | None = None
     max_length: int | None = None
@@ -43,18 +43,6 @@ class EvalConfig(BaseConfig):
     out: str | None = None
     tracking_uri: str | None = None
     track: bool = True
-
-    @field_validator("eval_tasks", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [x.strip() for x in v.split(",") if x.strip()]
-        return v
-
-    @field_validator("k", mode="before")
-    @classmethod
-    def _k(cls, v: Any) -> int | None:
-        return parse_k(v) if v is not None else None
 
 
 def _with_head_of(pre: TaskModel, model: TaskModel, task: str) -> TaskModel:
