@@ -25,7 +25,12 @@ from mtgraft.models import encode_examples, load_checkpoint, read_checkpoint_met
 from mtgraft.tasks import get_task, make_splits
 from mtgraft.testing import example_task_yaml, make_tiny_model, write_topic_task
 from mtgraft.training.multitask import MultitaskConfig, sampling_weights, train_multitask
-from mtgraft.workflows.continual import ContinualGraftConfig, approach_metrics, continual_graft
+from mtgraft.workflows.continual import (
+    ContinualGraftConfig,
+    approach_metrics,
+    continual_graft,
+    train_multitask_with_grafts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +212,23 @@ def test_continual_graft_on_a_sequential_run(env, sequential):
     assert set(res.approaches) == {"sequential", "own_graft", "union"}
     assert res.approaches["sequential"]["forgetting_final"] == pytest.approx(sequential.continual["forgetting_final"])
     assert Path(res.out, "continual_graft.json").is_file()
+
+
+def test_train_multitask_with_grafts_attaches_graft_cl(env):
+    # train_multitask itself leaves --graft to the workflow, which grafts the finished run and attaches the result
+    cfg = _cfg(env, "sequential", str(env["dir"] / "seq_graft"), graft=True, graft_sparsity=0.01, graft_recipe="fast",
+               graft_updates=2)
+    res = train_multitask_with_grafts(cfg, show_progress=False)
+    names = ["example_local", "tiny_topic"]
+    cl = res.graft_cl
+    assert cl is not None and cl["tasks"] == names and cl["run"] == res.checkpoint
+    assert cl["out"] == str(Path(res.checkpoint) / "continual_graft")
+    assert cl["settings"]["sparsity"] == 0.01 and cl["settings"]["recipe"] == "fast"
+    assert res.to_json()["graft_cl"] == cl
+    written = json.loads(Path(cl["out"], "continual_graft.json").read_text())
+    assert written["storage"] == cl["storage"] and written["patches"] == cl["patches"]
+    assert train_multitask(cfg.model_copy(update={"out": str(env["dir"] / "seq_nograft")}),
+                           show_progress=False).graft_cl is None
 
 
 def test_continual_graft_refuses_a_joint_run(joint):
