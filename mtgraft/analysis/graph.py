@@ -18,14 +18,7 @@ import networkx as nx
 import numpy as np
 
 from mtgraft.errors import MtgraftError
-from mtgraft.utils import atomic_file
-
-
-def _finite(x: Any) -> float | None:
-    if x is None:
-        return None
-    f = float(x)
-    return f if math.isfinite(f) else None
+from mtgraft.utils import atomic_file, finite_or_none
 
 
 def task_graph(
@@ -58,20 +51,20 @@ def task_graph(
     pv = np.asarray(matrices["p_value"], dtype=np.float64)
     for i in range(len(tasks)):
         for j in range(i + 1, len(tasks)):
-            e = _finite(enr[i, j])
-            p = _finite(pv[i, j])
+            e = finite_or_none(enr[i, j])
+            p = finite_or_none(pv[i, j])
             if e is None or p is None or e < min_enrichment or p > max_p:
                 continue
             G.add_edge(
                 tasks[i], tasks[j],
                 weight=e, enrichment=e, log2_enrichment=math.log2(e),
-                jaccard=_finite(matrices["jaccard"][i][j]) or 0.0,
-                overlap_coefficient=_finite(matrices["overlap_coefficient"][i][j]) or 0.0,
+                jaccard=finite_or_none(matrices["jaccard"][i][j]) or 0.0,
+                overlap_coefficient=finite_or_none(matrices["overlap_coefficient"][i][j]) or 0.0,
                 intersection=int(matrices["intersection"][i][j]),
                 expected=float(matrices["expected"][i][j]),
                 p_value=p, log10_p_value=float(matrices["log10_p_value"][i][j]),
-                containment_ij=_finite(matrices["containment"][i][j]) or 0.0,
-                containment_ji=_finite(matrices["containment"][j][i]) or 0.0,
+                containment_ij=finite_or_none(matrices["containment"][i][j]) or 0.0,
+                containment_ji=finite_or_none(matrices["containment"][j][i]) or 0.0,
             )
     return G
 
@@ -127,57 +120,4 @@ def write_node_link(G: nx.Graph, path: str | os.PathLike) -> Path:
     with atomic_file(path, "w") as f:
         json.dump(node_link(G), f, indent=2)
         f.write("\n")
-    return path
-
-
-def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
-    """PNG drawing: node area ~ region size, edge width ~ log2 enrichment, colours = communities, labelled."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    n = G.number_of_nodes()
-    fig = Figure(figsize=(7.5, 6.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(111)
-    ax.set_axis_off()
-    if n == 0:
-        ax.text(0.5, 0.5, "no tasks", ha="center", va="center")
-    else:
-        # circular layout, communities next to each other: deterministic and readable for a few tasks
-        order = sorted(G.nodes, key=lambda v: (G.nodes[v].get("community", 0), str(v)))
-        pos = nx.circular_layout(nx.path_graph(order)) if n > 1 else {order[0]: np.array([0.0, 0.0])}
-        sizes = np.array([max(G.nodes[v].get("region_size", 0), 0) for v in G.nodes], dtype=np.float64)
-        area = 1400 + 3200 * np.sqrt(sizes / sizes.max()) if sizes.max() > 0 else np.full(n, 900.0)
-        cmap = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C",
-                "#CCB974", "#64B5CD"]
-        colors = [cmap[G.nodes[v].get("community", 0) % len(cmap)] for v in G.nodes]
-        if G.number_of_edges():
-            le = [max(d["log2_enrichment"], 0.0) for _, _, d in G.edges(data=True)]
-            lo, hi = min(le), max(le)
-            # weakest edge 1.5 pt, strongest 9 pt: differences stay visible when every edge is far above chance
-            widths = [1.5 + 7.5 * (x - lo) / (hi - lo) if hi > lo else 5.0 for x in le]
-            nx.draw_networkx_edges(G, pos, ax=ax, width=widths, edge_color="#555555", alpha=0.6)
-            labels = {(u, v): (f"{d['enrichment']:.2g}×" if d["enrichment"] < 10 else f"{d['enrichment']:.0f}×")
-                      for u, v, d in G.edges(data=True)}
-            nx.draw_networkx_edge_labels(G, pos, edge_labels=labels, ax=ax, font_size=8, rotate=False,
-                                         bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
-        nx.draw_networkx_nodes(G, pos, ax=ax, node_size=area, node_color=colors, alpha=0.9,
-                               edgecolors="black", linewidths=0.8)
-        nlabels = {v: f"{v}\n{G.nodes[v].get('region_size', 0):,}" for v in G.nodes}
-        nx.draw_networkx_labels(G, pos, labels=nlabels, ax=ax, font_size=8,
-                                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.7})
-        xs = np.array([p[0] for p in pos.values()])
-        ys = np.array([p[1] for p in pos.values()])
-        padx = max(0.35, 0.25 * (xs.max() - xs.min()))
-        pady = max(0.3, 0.2 * (ys.max() - ys.min()))
-        ax.set_xlim(xs.min() - padx, xs.max() + padx)
-        ax.set_ylim(ys.min() - pady, ys.max() + pady)
-    me, mp = G.graph.get("min_enrichment"), G.graph.get("max_p")
-    sub = (f"edges: enrichment ≥ {me:g} and p ≤ {mp:g}; width ~ log2 enrichment (weakest to strongest edge)\n"
-           "node area ~ region size; colour = community") if me is not None else ""
-    ax.set_title((title + "\n" if title else "") + sub, fontsize=9)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.02)
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
     return path

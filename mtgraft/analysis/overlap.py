@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mtgraft.errors import MtgraftError
+from mtgraft.utils import finite_or_none
 
 MODULE_KINDS: tuple[str, ...] = (
     "attn_query",
@@ -64,13 +65,6 @@ def as_region(indices: Any, P: int | None = None) -> np.ndarray:
             else f"region indices must be non-negative, got {int(a[0])}"
         )
     return a
-
-
-def _nan_to_none(x: Any) -> Any:
-    if x is None:
-        return None
-    x = float(x)
-    return None if math.isnan(x) else x
 
 
 def _pair_stats(inter: np.ndarray, na: np.ndarray, nb: np.ndarray, P: np.ndarray | int) -> dict[str, np.ndarray]:
@@ -133,7 +127,7 @@ def pair_overlap(a: Any, b: Any, P: int) -> dict[str, Any]:
     st = _pair_stats(np.array(inter), np.array(a.size), np.array(b.size), P)
     out: dict[str, Any] = {"size_a": int(a.size), "size_b": int(b.size), "P": P, "intersection": inter}
     for k, v in st.items():
-        out[k] = _nan_to_none(v)
+        out[k] = finite_or_none(v)  # never inf here: every ratio has a positive denominator
     return out
 
 
@@ -215,8 +209,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
+        return finite_or_none(obj)
     return obj
 
 

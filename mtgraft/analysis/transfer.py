@@ -1,7 +1,7 @@
 """Transfer between task regions: Rel of each task's graft on every task with the same label space.
 
 Rel of graft i on task j = (acc(theta_i, head j) − P_0(j)) / (P_1(j) − P_0(j)) on task j's test split,
-where theta_i = theta_pre + the patch's fine-tuned values on region i (METHOD.md §3), head j is
+where theta_i = theta_pre + the patch's fine-tuned values on region i (docs/method.md §3), head j is
 task j's (from task j's patch), P_0(j) is the pretrained body with head j and P_1(j) the fine-tuned
 body with head j. One pretrained model with every task's head is built once; each graft is evaluated
 by overriding only the tensors it touches via ``torch.func.functional_call`` (no model copies).
@@ -18,16 +18,9 @@ import numpy as np
 import torch
 
 from mtgraft.errors import MtgraftError
+from mtgraft.utils import finite_or_none
 
 DEFAULT_MAX_TEST = 500
-
-
-def _num(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 class GraftEvaluator:
@@ -180,9 +173,9 @@ def transfer_analysis(
         ref = (p.header.metrics or {}).get("reference", {})
         reference[t] = {"n": len(exs), "max_test": cap, "data": data, "patch": labels[list(patches).index(p)],
                         "recorded": {"n": test_m.get("n"),
-                                     "pretrained": _num(ref.get("pretrained", {}).get("accuracy")),
-                                     "finetuned": _num(ref.get("finetuned", {}).get("accuracy")),
-                                     "graft": _num(test_m.get("accuracy"))}}
+                                     "pretrained": finite_or_none(ref.get("pretrained", {}).get("accuracy")),
+                                     "finetuned": finite_or_none(ref.get("finetuned", {}).get("accuracy")),
+                                     "graft": finite_or_none(test_m.get("accuracy"))}}
 
     pairs = [(li, t) for li in labels for t in eval_tasks
              if any(compatible(t, own) for own in label_of[li].header.tasks)]

@@ -6,10 +6,10 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from mtgraft.analysis.figures import draw_graph
 from mtgraft.analysis.graph import (
     annotate_communities,
     communities,
-    draw_graph,
     node_link,
     task_graph,
     write_graphml,

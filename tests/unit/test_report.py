@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import hypergeom
 
-from mtgraft.analysis.report import analyse, build_report, fmt_p, fmt_x, load_inputs, pair_records
+from mtgraft.analysis.report import ReportData, analyse, build_report, fmt_p, fmt_x, load_inputs, pair_records
 from mtgraft.errors import MtgraftError
 from mtgraft.patches import SkillPatch
 
@@ -58,12 +58,12 @@ def four() -> list[SkillPatch]:
 
 
 @pytest.fixture(scope="module")
-def res(four) -> dict:
+def res(four) -> ReportData:
     return analyse(four, min_enrichment=2.0)
 
 
-def _pair(res: dict, a: str, b: str) -> dict:
-    return next(r for r in res["pairs"] if {r["a"], r["b"]} == {a, b})
+def _pair(res: ReportData, a: str, b: str) -> dict:
+    return next(r for r in res.pairs if {r["a"], r["b"]} == {a, b})
 
 
 def test_partial_overlap_numbers(res):
@@ -79,7 +79,7 @@ def test_partial_overlap_numbers(res):
     assert r["verdict"] == "beyond_chance"
     # both fill layer 0's key weight and bias completely: per-tensor chance = 16·16/16 + 4·4/4 = 20 = observed
     assert r["expected_within_tensors"] == pytest.approx(20.0) and r["enrichment_within_tensors"] == pytest.approx(1.0)
-    m = res["matrices"]
+    m = res.matrices
     i, j = m["tasks"].index("rotten_tomatoes"), m["tasks"].index("movie_polarity")
     assert m["containment"][i, j] == pytest.approx(0.5)
 
@@ -112,11 +112,11 @@ def test_empty_region_and_tiny_regions():
     assert ab["verdict"] == "too_small"
     bc = _pair(out, "b", "c")
     assert bc["expected"] == pytest.approx(6 / 10_000) and bc["verdict"] == "too_small"
-    assert any("says nothing about similarity" in s for s in out["summary"]["sentences"])
+    assert any("says nothing about similarity" in s for s in out.summary["sentences"])
 
 
 def test_breakdown_per_module_and_layer(res):
-    bd = res["breakdown_module"]
+    bd = res.breakdown_module
     t = bd["tasks"]
     i, j = t.index("rotten_tomatoes"), t.index("movie_polarity")
     groups = [g["module"] for g in bd["groups"]]
@@ -130,29 +130,29 @@ def test_breakdown_per_module_and_layer(res):
     assert bd["params"][b] == 48 and bd["sizes"][b, i] == 8 and bd["sizes"][b, j] == 8
     assert bd["stat_enrichment"][b, i, j] == pytest.approx(4 / (64 / 48))
     assert bd["stat_p_value"][b, i, j] == pytest.approx(hypergeom.sf(3, 48, 8, 8), rel=1e-9)
-    lay = res["breakdown_layer"]
+    lay = res.breakdown_layer
     li = [g["layer"] for g in lay["groups"]]
     assert int(lay["intersection"][li.index(0), i, j]) == 20 and int(lay["intersection"][li.index(1), i, j]) == 0
 
 
 def test_region_profile(res):
-    prof = res["profiles"]["hedge"]
+    prof = res.profiles["hedge"]
     by_layer = {r["layer"]: r for r in prof["by_layer"]}
     assert by_layer[1]["count"] == 40 and by_layer[1]["fraction"] == 1.0 and by_layer[0]["count"] == 0
-    rt = {(r["layer"], r["module"]): r["count"] for r in res["profiles"]["rotten_tomatoes"]["by_layer_module"]}
+    rt = {(r["layer"], r["module"]): r["count"] for r in res.profiles["rotten_tomatoes"]["by_layer_module"]}
     assert rt[(0, "attn_query")] == 16 and rt[(0, "attn_key")] == 16 and rt[(0, "bias")] == 8
 
 
 def test_graph_and_communities(res):
-    G = res["graph"]
+    G = res.graph
     assert {frozenset(e) for e in G.edges} == {frozenset(("rotten_tomatoes", "movie_polarity")),
                                                 frozenset(("hedge", "debate_party"))}
-    assert res["graph_info"]["communities"] == [["debate_party", "hedge"], ["movie_polarity", "rotten_tomatoes"]]
+    assert res.graph_info["communities"] == [["debate_party", "hedge"], ["movie_polarity", "rotten_tomatoes"]]
     assert G.nodes["hedge"]["region_size"] == 40 and G.nodes["hedge"]["accuracy"] == 0.75
 
 
 def test_summary_sentences(res):
-    s = res["summary"]
+    s = res.summary
     text = "\n".join(s["sentences"])
     assert re.search(r"rotten_tomatoes and movie_polarity share 3\.1× more parameters than two random regions", text)
     assert "hedge and debate_party share 6.2× more" in text
@@ -170,9 +170,9 @@ def test_summary_says_when_everything_is_chance():
     rng = np.random.default_rng(0)
     ps = [make_patch(t, rng.choice(10_000, 2000, replace=False), table=tbl) for t in ("a", "b", "c")]
     out = analyse(ps)
-    assert all(r["verdict"] == "chance" for r in out["pairs"])
-    assert any("Every pair overlaps at about chance level" in s for s in out["summary"]["sentences"])
-    assert out["graph"].number_of_edges() == 0
+    assert all(r["verdict"] == "chance" for r in out.pairs)
+    assert any("Every pair overlaps at about chance level" in s for s in out.summary["sentences"])
+    assert out.graph.number_of_edges() == 0
 
 
 def test_summary_names_a_common_core():
@@ -180,19 +180,34 @@ def test_summary_names_a_common_core():
     core = np.arange(30)
     ps = [make_patch(t, np.r_[core, 1000 * (k + 1):1000 * (k + 1) + 70], table=tbl) for k, t in enumerate("abc")]
     out = analyse(ps)
-    assert all(r["verdict"] == "beyond_chance" for r in out["pairs"])
-    assert out["summary"]["core_size"] == 30
+    assert all(r["verdict"] == "beyond_chance" for r in out.pairs)
+    assert out.summary["core_size"] == 30
     assert any("Every pair, similar or not, shares more than chance; 30 entries lie in all 3 regions" in s
-               for s in out["summary"]["sentences"])
+               for s in out.summary["sentences"])
 
 
 def test_summary_flags_near_identical_joint_regions():
     tbl = [("backbone.encoder.layer.0.intermediate.dense.weight", [100, 100])]
     base = np.arange(100)
     ps = [make_patch(t, np.r_[base[: 100 - k], 5000 + k], table=tbl, mode="joint") for k, t in enumerate("abc")]
-    text = " ".join(analyse(ps)["summary"]["sentences"])
+    text = " ".join(analyse(ps).summary["sentences"])
     assert "The regions are nearly identical (Jaccard 0.9" in text
     assert "base patch (top-k |θ_ft − θ_pre|) is the same for every task" in text
+
+
+def test_report_data_keeps_the_dict_view(res):
+    keys = ["labels", "patches", "sources", "nodes", "P", "segments", "header", "matrices", "pairs",
+            "breakdown_layer", "breakdown_module", "pooled_layer", "pooled_module", "profiles", "graph",
+            "graph_info", "transfer", "correlation", "correlation_containment", "summary"]
+    assert list(res.as_dict()) == keys and list(res.keys()) == keys
+    assert res["pairs"] is res.pairs and res["summary"] is res.summary and res["transfer"] is None
+    with pytest.raises(KeyError):
+        res["nope"]
+    j = res.to_json()
+    assert list(j) == ["title", "tasks", "P", "base_model", "base_hash", "sizes", "pairs", "graph", "summary",
+                       "transfer"]
+    assert j["title"] == "Overlap of task regions: rotten_tomatoes, movie_polarity, hedge, debate_party"
+    assert json.loads(json.dumps(j)) == j and json.loads(json.dumps(res.overlap_json("t")))["title"] == "t"
 
 
 def test_pair_records_bonferroni():
@@ -374,12 +389,12 @@ def test_summary_calls_a_small_consistent_domain_difference_by_its_name():
         own = 10_000 + 1000 * i + np.arange(700)
         idx = np.r_[core, senti, own[:660]] if i < 3 else np.r_[core, own]
         ps.append(make_patch(t, idx, table=tbl))
-    text = " ".join(analyse(ps)["summary"]["sentences"])
+    text = " ".join(analyse(ps).summary["sentences"])
     assert "Tasks of the same domain (sentiment) overlap slightly but consistently more than" in text, text
 
 
 def test_summary_states_equal_region_sizes_once():
     tbl = [("backbone.encoder.layer.0.intermediate.dense.weight", [100, 100])]
     ps = [make_patch(t, np.arange(50) + 50 * k, table=tbl) for k, t in enumerate("abc")]
-    first = analyse(ps)["summary"]["sentences"][0]
+    first = analyse(ps).summary["sentences"][0]
     assert first.startswith("3 task regions of 50 entries out of |P| = 10,000 graftable parameters (density 5.00e-03)")
