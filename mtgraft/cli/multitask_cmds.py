@@ -8,8 +8,6 @@ from rich.table import Table
 from mtgraft.cli.app import app
 from mtgraft.cli.common import handle_errors, print_json, resolve
 from mtgraft.progress import console
-from mtgraft.training.multitask import MultitaskConfig
-from mtgraft.workflows.continual import ContinualGraftConfig
 
 DATA = "Data"
 OPT = "Optimisation"
@@ -68,6 +66,7 @@ def train_multitask_cmd(
 ) -> None:
     """Fine-tune one model on several tasks, jointly or one after another (continual); evaluate every task."""
     from mtgraft.training import is_main_process
+    from mtgraft.training.multitask import MultitaskConfig
     from mtgraft.workflows.continual import train_multitask_with_grafts
 
     cfg = resolve(ctx, MultitaskConfig, config, locals(), required=("tasks",))
@@ -149,7 +148,7 @@ def continual_graft_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", rich_help_panel=OUT),
 ) -> None:
     """Graft each task of a sequential run from its stage checkpoint; compare with the final model (forgetting)."""
-    from mtgraft.workflows.continual import continual_graft
+    from mtgraft.workflows.continual import ContinualGraftConfig, continual_graft
 
     cfg = resolve(ctx, ContinualGraftConfig, config, locals(), required=("run",))
     res = continual_graft(cfg, show_progress=not json_out)
