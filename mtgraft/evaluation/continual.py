@@ -11,7 +11,6 @@ import csv
 import io
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mtgraft.errors import MtgraftError
-from mtgraft.utils import atomic_file, finite_or_none, write_json
+from mtgraft.utils import atomic_file, finite_or_none, safe_name, write_json
 
 FORGETTING_VARIANTS = {
     "forgetting_final": "mean_{i<T} (R[i,i] - R[T,i]): drop from just after training task i to the end",
@@ -69,11 +68,6 @@ def continual_metrics(R: Any, r0: Any = None) -> dict[str, Any]:
     return out
 
 
-def _safe_key(s: str) -> str:
-    """MLflow metric keys allow alphanumerics, '_', '-', '.', ' ' and '/'; replace anything else."""
-    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", str(s))
-
-
 def mlflow_metric_keys(R: Any, tasks: Sequence[str], r0: Any = None) -> dict[str, float]:
     """Hierarchical metric keys: ``acc/stage_<t>/task_<name>`` (1-based t) and ``continual/<metric>``.
 
@@ -86,7 +80,7 @@ def mlflow_metric_keys(R: Any, tasks: Sequence[str], r0: Any = None) -> dict[str
         for i, name in enumerate(tasks):
             v = m[t, i]
             if math.isfinite(v):
-                out[f"acc/stage_{t + 1}/task_{_safe_key(name)}"] = float(v)
+                out[f"acc/stage_{t + 1}/task_{safe_name(str(name))}"] = float(v)
     metrics = continual_metrics(m, r0)
     for k in ("acc", "bwt", "fwt", "forgetting_final", "forgetting_max"):
         if metrics[k] is not None:

@@ -1,26 +1,18 @@
 """Grafting (docs/method.md §2): find a tiny region whose fine-tuned values, grafted onto the pretrained model,
 recover the fine-tuned performance. ``run_graft`` runs every method at every sparsity and writes SkillPatches.
 
-The package's face: ``config`` (:class:`GraftConfig`, the recipes), ``run`` (the steps of a graft),
-``methods`` (the localisation methods) and ``space`` (the flat graftable body).
+The package's face: ``config`` (:class:`GraftConfig`, the recipes), ``catalog`` (the methods as a table),
+``run`` (the steps of a graft), ``methods`` (the methods' select functions) and ``space`` (the flat graftable
+body). Names load on first use, so that listing methods or reading a config does not load torch.
 """
 
-from mtgraft.grafting.config import DEFAULT_METHODS, RECIPES, GraftConfig, data_settings
-from mtgraft.grafting.methods import METHODS
-from mtgraft.grafting.run import GraftResult, OnWritten, graft_task, run_graft
-from mtgraft.grafting.space import GraftSpace, budget_k, topk_indices
+from mtgraft.utils import lazy_face
 
-__all__ = [
-    "DEFAULT_METHODS",
-    "METHODS",
-    "RECIPES",
-    "GraftConfig",
-    "GraftResult",
-    "GraftSpace",
-    "OnWritten",
-    "budget_k",
-    "data_settings",
-    "graft_task",
-    "run_graft",
-    "topk_indices",
-]
+_WHERE = {
+    "DEFAULT_METHODS": "config", "RECIPES": "config", "GraftConfig": "config", "data_settings": "config",
+    "METHODS": "catalog", "MethodInfo": "catalog",
+    "GraftResult": "run", "OnWritten": "run", "graft_task": "run", "run_graft": "run",
+    "GraftSpace": "space", "budget_k": "space", "topk_indices": "space",
+}
+__all__ = sorted(_WHERE)
+__getattr__, __dir__ = lazy_face(__name__, _WHERE)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
 from mtgraft.config import BaseConfig, CommaList, KShot, Sparsities
-from mtgraft.grafting.methods import METHODS
-from mtgraft.models import CheckpointMeta
+from mtgraft.grafting.catalog import METHODS
+
+if TYPE_CHECKING:
+    from mtgraft.models import CheckpointMeta
 
 #: Named recipes for the learned graft. ``paper`` reproduces the reference's behaviour (region may grow
 #: past its budget); ``thorough`` is the default, chosen by measurement: the paper recipe's Rel or better at

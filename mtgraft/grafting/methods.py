@@ -1,4 +1,4 @@
-"""Localisation methods behind one registry (mergekit style): each has a name, a reference and a select()."""
+"""The localisation methods' implementations: one select function per entry of ``grafting.catalog.METHODS``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mtgraft.errors import MtgraftError
+from mtgraft.grafting.catalog import METHODS
 from mtgraft.grafting.space import GraftSpace, topk_indices
 from mtgraft.models import Encoded
 
@@ -50,27 +51,19 @@ class Method:
     select: Callable[[SelectContext], Selection]
 
 
-METHODS: dict[str, Method] = {}
-
-
-def register(m: Method) -> Method:
-    """Add a method to the registry."""
-    METHODS[m.name] = m
-    return m
-
-
 def get_method(name: str) -> Method:
-    """A method by name (clear error listing the others)."""
+    """A method by name: its catalog entry joined with its select function (clear error listing the others)."""
     if name not in METHODS:
         raise MtgraftError(f"unknown method '{name}' (available: {', '.join(METHODS)})")
-    return METHODS[name]
+    info = METHODS[name]
+    return Method(info.name, info.description, info.reference, info.learned, globals()[info.select])
 
 
 # ---------------------------------------------------------------------------------------------
 # Data-free baselines
 
 
-def _topk(ctx: SelectContext) -> Selection:
+def select_topk(ctx: SelectContext) -> Selection:
     return Selection(topk_indices(ctx.space.delta.abs(), ctx.k).cpu())
 
 
@@ -119,17 +112,17 @@ def _saliency_scores(ctx: SelectContext) -> torch.Tensor:
                          int(ctx.settings.get("batch_size", 8)))
 
 
-def _saliency(ctx: SelectContext) -> Selection:
+def select_saliency(ctx: SelectContext) -> Selection:
     return Selection(topk_indices(_saliency_scores(ctx), ctx.k).cpu())
 
 
-def _random(ctx: SelectContext) -> Selection:
+def select_random(ctx: SelectContext) -> Selection:
     rng = np.random.default_rng(ctx.seed)
     idx = rng.choice(ctx.space.numel, size=min(ctx.k, ctx.space.numel), replace=False)
     return Selection(torch.from_numpy(np.sort(idx).astype(np.int64)))
 
 
-def _bias_only(ctx: SelectContext) -> Selection:
+def select_bias_only(ctx: SelectContext) -> Selection:
     bias = ctx.space.bias_indices()
     if bias.numel() == 0:
         raise MtgraftError("the model has no bias parameters in its graftable set (bias-only is undefined)")
@@ -138,16 +131,6 @@ def _bias_only(ctx: SelectContext) -> Selection:
     chosen = bias[torch.topk(mags, k, sorted=False).indices]
     return Selection(torch.sort(chosen).values, {"capped_at_bias_count": k < ctx.k})
 
-
-register(Method("topk", "base patch alone: global top-k of |theta_ft - theta_pre| (dataless)",
-                "https://arxiv.org/abs/2302.06600", False, _topk))
-register(Method("random", "k entries of the graftable set drawn uniformly at random (seeded)",
-                "https://arxiv.org/abs/2302.06600", False, _random))
-register(Method("bias-only", "top-k |delta| among bias entries only (capped at the number of biases)",
-                "https://arxiv.org/abs/2106.10199", False, _bias_only))
-register(Method("saliency", "top-k of the task's integrated-gradients attribution -delta·mean grad L along "
-                "theta_pre -> theta_ft (uses the task's training data, no mask learning)",
-                "https://arxiv.org/abs/1703.01365", False, _saliency))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +280,3 @@ def grad_S_reference(space: GraftSpace, S: torch.Tensor, base: torch.Tensor, b: 
     loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
     loss.backward()
     return S.grad.detach()
-
-
-register(Method("graft", "learned binary graft: sigmoid mask around the base patch, GD on S (Panigrahi et al.)",
-                "https://arxiv.org/abs/2302.06600", True, learn_graft))

@@ -268,7 +268,7 @@ CASES: list[Case] = [
     Case("train-disk-full", "train", "the disk fills up while the checkpoint is written (simulated)",
          lambda e: _train(e, "train-disk-full", "--json"),
          r"cannot write '.*train-disk-full': No space left on device",
-         setup=lambda e, mp: disk_full(mp, "mtgraft.models.save_file"), late=True),
+         setup=lambda e, mp: disk_full(mp, "mtgraft.models.checkpoint.save_file"), late=True),
     # --- graft -------------------------------------------------------------------------------------------
     Case("graft-sparsity-zero", "graft", "sparsity ≤ 0",
          lambda e: _graft(e, "graft-sparsity-zero", "--sparsity", "0"), r"invalid options: sparsity: sparsity must be in \(0, 1\], got 0"),
@@ -346,7 +346,7 @@ CASES: list[Case] = [
     Case("patch-apply-disk-full", "patch apply", "the disk fills up while the grafted model is written (simulated)",
          lambda e: ["patch", "apply", e.patch, "--out", str(e.out("patch-apply-disk-full"))],
          r"cannot write '.*patch-apply-disk-full': No space left on device",
-         setup=lambda e, mp: disk_full(mp, "mtgraft.models.save_file"), late=True),
+         setup=lambda e, mp: disk_full(mp, "mtgraft.models.checkpoint.save_file"), late=True),
     Case("patch-stitch-one", "patch stitch", "stitching a single patch",
          lambda e: ["patch", "stitch", e.patch, "--out", str(e.out("patch-stitch-one"))],
          r"stitch needs at least two patches"),
@@ -444,12 +444,13 @@ def guard(mp: pytest.MonkeyPatch, case: Case) -> None:
             raise WorkStarted(f"{what} started before the mistake was reported")
         return blocked
 
-    for target in ("mtgraft.training.train_loop", "mtgraft.training.multitask.train_loop"):
+    for target in ("mtgraft.training.single.train_loop", "mtgraft.training.multitask.train_loop"):
         mp.setattr(target, stop("training"))
     for target in ("mtgraft.grafting.run.encode_examples", "mtgraft.evaluation.runner.encode_examples"):
         mp.setattr(target, stop("data encoding"))
     if not case.needs_model:
-        mp.setattr("mtgraft.models.load_backbone", stop("model loading"))
+        for target in ("mtgraft.models.task_model.load_backbone", "mtgraft.models.checkpoint.load_backbone"):
+            mp.setattr(target, stop("model loading"))
 
 
 def run_case(env: Env, case: Case) -> Outcome:

@@ -20,8 +20,8 @@ except SystemExit as e:
     code = e.code
 else:
     code = 0
-sys.stderr.write("\\nPROBE " + json.dumps({"code": code, "loaded": sorted(m for m in %r if m in sys.modules)}) + "\\n")
-""" % (HEAVY,)
+sys.stderr.write("\\nPROBE " + json.dumps({"code": code, "loaded": sorted(m for m in HEAVY if m in sys.modules)}) + "\\n")
+""".replace("HEAVY", repr(HEAVY))
 
 
 def _probe(args: list[str]) -> dict:
