@@ -126,7 +126,7 @@ def run_hf(enc: Any, n_labels: int, batch_size: int, steps: int, lr: float,
     path = resolve_model_path("minilm")
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n_labels)
-    for p in model.base_model.embeddings.parameters():  # frozen as in mtgraft (METHOD.md §1)
+    for p in model.base_model.embeddings.parameters():  # frozen as in mtgraft (docs/method.md §1)
         p.requires_grad_(False)
     cols: dict[str, Any] = {"input_ids": enc.input_ids, "attention_mask": [[1] * len(s) for s in enc.input_ids],
                             "labels": enc.labels}

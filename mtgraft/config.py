@@ -133,7 +133,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class TrainConfig(DataConfig):
-    """Settings of ``mtgraft train`` (METHOD.md §1 reference settings are the defaults)."""
+    """Settings of ``mtgraft train`` (docs/method.md §1 reference settings are the defaults)."""
 
     task: str
     model: str = DEFAULT_MODEL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -45,6 +46,11 @@ def check_reachable(uri: str | None, timeout: float = 4.0) -> None:
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", e)
         raise MtgraftError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
+
+
+def mlflow_key(s: object) -> str:
+    """``s`` as part of an MLflow metric key: alphanumerics, '_', '-', '.' and ' ' kept, anything else '_'."""
+    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", str(s))
 
 
 def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from mtgraft.errors import MtgraftError
 from mtgraft.progress import console
@@ -84,3 +85,63 @@ def print_json(obj: Any) -> None:
 
     sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
     sys.stdout.flush()
+
+
+def run_config(ctx: typer.Context, cls: type[BaseConfig], params: dict[str, Any], work: Callable[..., Any],
+               required: tuple[str, ...] = (), emit: Callable[[], bool] = lambda: True) -> Any:
+    """Resolve ``cls`` from ``params`` (the command's options, ``config`` and ``json_out`` among them), run
+    ``work(cfg, show_progress=...)``; with ``--json`` print the result's JSON and return None.
+
+    ``emit`` says whether this process reports at all (False on the non-main ranks of a distributed run).
+    """
+    json_out = bool(params.get("json_out"))
+    cfg = resolve(ctx, cls, params.get("config"), params, required=required)
+    result = work(cfg, show_progress=not json_out)
+    if not emit():
+        return None
+    if json_out:
+        print_json(result if isinstance(result, dict) else result.to_json())
+        return None
+    return result
+
+
+METRIC_COLUMNS = ("accuracy", "macro_f1", "ece", "brier", "n")
+
+
+def fmt(v: object, nd: int = 4, signed: bool = False) -> str:
+    """A table cell: floats with ``nd`` decimals (signed on request), None as an em dash."""
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+    return str(v)
+
+
+def metrics_table(title: str, label: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
+    """Accuracy, macro-F1, ECE, Brier and n of each row (a split or a task)."""
+    t = Table(title=title)
+    t.add_column(label)
+    for key in METRIC_COLUMNS:
+        t.add_column(key, justify="right")
+    for name, m in rows:
+        t.add_row(name, *[fmt(m.get(key)) for key in METRIC_COLUMNS])
+    return t
+
+
+def command(group: typer.Typer, name: str, *option_groups: Callable[..., Any]) -> Callable[[F], F]:
+    """Register ``fn`` as ``name`` on ``group``, with one-line errors and the shared ``option_groups``."""
+    from mtgraft.cli.options import with_options
+
+    def deco(fn: F) -> F:
+        group.command(name)(handle_errors(with_options(*option_groups)(fn)))
+        return fn
+
+    return deco
+
+
+def field_table(title: str, key: str = "field", **value_style: Any) -> Table:
+    """A two-column table without header: a bold name, then its value (``value_style`` for that column)."""
+    t = Table(title=title, show_header=False)
+    t.add_column(key, style="bold")
+    t.add_column("value", **value_style)
+    return t

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import handle_errors, print_json, table_out
+from mtgraft.cli.common import field_table, handle_errors, print_json, table_out
 from mtgraft.errors import DataUnavailableError, MtgraftError
 from mtgraft.progress import console
 
@@ -81,9 +81,7 @@ def tasks_show(
     if json_out:
         print_json(out)
         return
-    t = Table(title=f"task {spec.name}", show_header=False)
-    t.add_column("field", style="bold")
-    t.add_column("value", overflow="fold")
+    t = field_table(f"task {spec.name}", overflow="fold")
     t.add_row("description", spec.description)
     t.add_row("source", spec.source_display)
     for key, value in spec.source.model_dump(exclude={"type"}).items():

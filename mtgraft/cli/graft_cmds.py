@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import handle_errors, print_json, resolve, table_out
+from mtgraft.cli.common import command, fmt, handle_errors, print_json, run_config, table_out
+from mtgraft.cli.options import (
+    OUT,
+    RECORDED,
+    output_options,
+    recorded_data_options,
+    resume_option,
+)
 from mtgraft.progress import console
 
 LEARN = "Learned graft (unset = from --recipe)"
-DATA = "Data (unset = as recorded with the checkpoint)"
-OUT = "Output"
-
-
-def _fmt(v: object, nd: int = 4) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
 
 
 def graft_table(res: object) -> Table:
@@ -29,18 +28,17 @@ def graft_table(res: object) -> Table:
     for c in ("model", "sparsity", "region", "acc", "macro-F1", "ECE", "Brier", "agree", "Rel", "time s"):
         t.add_column(c, justify="right" if c != "model" else "left")
     for name, m in (("pretrained (+head)", res.reference["pretrained"]), ("fine-tuned", res.reference["finetuned"])):
-        t.add_row(name, "", "", _fmt(m["accuracy"]), _fmt(m["macro_f1"]), _fmt(m["ece"]), _fmt(m["brier"]),
-                  _fmt(m.get("agreement")), _fmt(m.get("rel"), 3), "")
+        t.add_row(name, "", "", fmt(m["accuracy"]), fmt(m["macro_f1"]), fmt(m["ece"]), fmt(m["brier"]),
+                  fmt(m.get("agreement")), fmt(m.get("rel"), 3), "")
     for r in res.results:
         m = r["test"]
-        t.add_row(r["method"], f"{r['sparsity']:g}", f"{r['region_size']:,}", _fmt(m["accuracy"]),
-                  _fmt(m["macro_f1"]), _fmt(m["ece"]), _fmt(m["brier"]), _fmt(m.get("agreement")),
-                  _fmt(m.get("rel"), 3), f"{r['seconds']:.1f}")
+        t.add_row(r["method"], f"{r['sparsity']:g}", f"{r['region_size']:,}", fmt(m["accuracy"]),
+                  fmt(m["macro_f1"]), fmt(m["ece"]), fmt(m["brier"]), fmt(m.get("agreement")),
+                  fmt(m.get("rel"), 3), f"{r['seconds']:.1f}")
     return t
 
 
-@app.command("graft")
-@handle_errors
+@command(app, "graft", recorded_data_options, resume_option, output_options)
 def graft_cmd(
     ctx: typer.Context,
     task: str | None = typer.Option(None, "--task", help="Task to localise (a task of the checkpoint)."),
@@ -61,27 +59,22 @@ def graft_cmd(
     step_rule: str | None = typer.Option(None, "--step-rule", help="gd (reference) | normalized.", rich_help_panel=LEARN),
     init: str | None = typer.Option(None, "--init", help="What picks the base patch and candidates: movement (|delta|, the paper) | saliency (the task's integrated-gradients attribution) | auto (thorough, fast: saliency for multi-task checkpoints, else movement).", rich_help_panel=LEARN),
     seed: int = typer.Option(13, "--seed", help="Seed of the mask init and the random baseline."),
-    k: str | None = typer.Option(None, "--k", rich_help_panel=DATA),
-    data_seed: int | None = typer.Option(None, "--data-seed", rich_help_panel=DATA),
-    max_test: int | None = typer.Option(None, "--max-test", rich_help_panel=DATA),
-    max_length: int | None = typer.Option(None, "--max-length", rich_help_panel=DATA),
-    eval_tasks: str | None = typer.Option(None, "--eval-tasks", help="Comma list of tasks with the same labels for OOD evaluation.", rich_help_panel=DATA),
+    eval_tasks: str | None = typer.Option(None, "--eval-tasks", help="Comma list of tasks with the same labels for OOD evaluation.", rich_help_panel=RECORDED),
     save_baselines: bool = typer.Option(False, "--save-baselines", help="Also write (and register) SkillPatches of the baselines.", rich_help_panel=OUT),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its periodic state (<out>.resume/).", rich_help_panel=OUT),
     out: str | None = typer.Option(None, "--out", help="Output folder (default runs/graft/<task>-<time>).", rich_help_panel=OUT),
     do_register: bool = typer.Option(True, "--register/--no-register", help="Register each SkillPatch in the MLflow mask registry.", rich_help_panel=OUT),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI.", rich_help_panel=OUT),
-    config: str | None = typer.Option(None, "--config", help="YAML file of these options (CLI options override).", rich_help_panel=OUT),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", rich_help_panel=OUT),
+    **opts: Any,
 ) -> None:
     """Learn per-task graft regions (and baselines) at one or more sparsities; write SkillPatches."""
     from mtgraft.grafting import GraftConfig
     from mtgraft.workflows.graft import graft_and_register
 
-    cfg = resolve(ctx, GraftConfig, config, locals(), required=("finetuned",))
-    results = graft_and_register(cfg, show_progress=not json_out)
-    if json_out:
+    own = {k: v for k, v in locals().items() if k not in ("ctx", "opts")}
+    results = run_config(ctx, GraftConfig, {**own, **opts, "json_out": False},  # JSON of several tasks: below
+                         lambda cfg, show_progress: graft_and_register(cfg, show_progress and not opts["json_out"]),
+                         required=("finetuned",))
+    if opts["json_out"]:
         if len(results) == 1:
             print_json(results[0].to_json())
         else:
@@ -97,8 +90,7 @@ def graft_cmd(
         console.print(f"results: [bold]{r.out}[/]   mlflow run: {r.mlflow_run_id}")
 
 
-@app.command("eval")
-@handle_errors
+@command(app, "eval", recorded_data_options, output_options)
 def eval_cmd(
     ctx: typer.Context,
     task: str | None = typer.Option(None, "--task", help="Task to evaluate on (default: the model's/patch's)."),
@@ -107,31 +99,24 @@ def eval_cmd(
     pretrained: str | None = typer.Option(None, "--pretrained", help="Pretrained model for P_0 (default: recorded)."),
     finetuned: str | None = typer.Option(None, "--finetuned", help="Fine-tuned checkpoint for P_1/agreement (default: recorded)."),
     eval_tasks: str | None = typer.Option(None, "--eval-tasks", help="Comma list of tasks with the same labels (OOD)."),
-    k: str | None = typer.Option(None, "--k", rich_help_panel=DATA),
-    data_seed: int | None = typer.Option(None, "--data-seed", rich_help_panel=DATA),
-    max_test: int | None = typer.Option(None, "--max-test", rich_help_panel=DATA),
-    max_length: int | None = typer.Option(None, "--max-length", rich_help_panel=DATA),
     device: str = typer.Option("auto", "--device"),
     out: str | None = typer.Option(None, "--out", help="Output folder (eval.json, reliability.png).", rich_help_panel=OUT),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", rich_help_panel=OUT),
-    config: str | None = typer.Option(None, "--config", rich_help_panel=OUT),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", rich_help_panel=OUT),
+    **opts: Any,
 ) -> None:
     """Evaluate a checkpoint or a SkillPatch: accuracy, macro-F1, ECE (10 bins), Brier, agreement, Rel, OOD."""
     from mtgraft.evaluation.runner import EvalConfig, evaluate
 
-    cfg = resolve(ctx, EvalConfig, config, locals())
-    rep = evaluate(cfg, show_progress=not json_out)
-    if json_out:
-        print_json(rep)
+    own = {k: v for k, v in locals().items() if k not in ("ctx", "opts")}
+    rep = run_config(ctx, EvalConfig, {**own, **opts}, evaluate)
+    if rep is None:
         return
     t = Table(title=f"mtgraft eval · {rep['task']}")
     for c in ("eval task", "acc", "macro-F1", "ECE", "Brier", "agree", "P_0", "P_1", "Rel", "n"):
         t.add_column(c, justify="right" if c != "eval task" else "left")
     for name, m in [(rep["task"], rep["test"]), *rep["ood"].items()]:
-        t.add_row(name, _fmt(m["accuracy"]), _fmt(m["macro_f1"]), _fmt(m["ece"]), _fmt(m["brier"]),
-                  _fmt(m.get("agreement")), _fmt(m.get("pretrained_accuracy")), _fmt(m.get("finetuned_accuracy")),
-                  _fmt(m.get("rel"), 3), str(m["n"]))
+        t.add_row(name, fmt(m["accuracy"]), fmt(m["macro_f1"]), fmt(m["ece"]), fmt(m["brier"]),
+                  fmt(m.get("agreement")), fmt(m.get("pretrained_accuracy")), fmt(m.get("finetuned_accuracy")),
+                  fmt(m.get("rel"), 3), str(m["n"]))
     console.print(t)
     console.print(f"ECE with 10 equal-width bins · reliability diagram: {rep['reliability_diagram']}")
 

@@ -10,7 +10,8 @@ from rich import box
 from rich.table import Table
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import handle_errors, print_json, table_out
+from mtgraft.cli.common import command, field_table, print_json, table_out
+from mtgraft.cli.options import registry_options
 from mtgraft.errors import MtgraftError
 from mtgraft.progress import console
 
@@ -21,13 +22,13 @@ masks_app = typer.Typer(
 )
 app.add_typer(masks_app, name="masks")
 
-TRACKING_HELP = ("MLflow tracking URI (e.g. http://host:5000); default: $MLFLOW_TRACKING_URI, "
-                 "else MLflow's local default store (./mlflow.db).")
 REF_HELP = "name@alias, name/version, or a path to a patch file."
 
 
-def _tracking() -> Any:
-    return typer.Option(None, "--tracking-uri", help=TRACKING_HELP)
+def _registry(opts: dict[str, Any]) -> Any:
+    from mtgraft.registry import MaskRegistry
+
+    return MaskRegistry(opts["tracking_uri"])
 
 
 def _is_file(ref: str) -> bool:
@@ -53,21 +54,19 @@ def _f(v: Any, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
-@masks_app.command("list")
-@handle_errors
+@command(masks_app, "list", registry_options)
 def list_cmd(
     task: str | None = typer.Option(None, "--task", help="Only patches of this task."),
     base: str | None = typer.Option(None, "--base", help="Only patches of this base model (name, short name "
                                                          "or the start of its content hash)."),
-    tracking_uri: str | None = _tracking(),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {\"masks\": [...]} on stdout."),
+    **opts: Any,
 ) -> None:
     """List registered SkillPatches: name, version, aliases, task, base, method, sparsity, size, accuracy, Rel."""
-    from mtgraft.registry import MaskRegistry, base_short_name
+    from mtgraft.registry import base_short_name
 
-    reg = MaskRegistry(tracking_uri)
+    reg = _registry(opts)
     rows = reg.list_masks(task=task, base=base)
-    if json_out:
+    if opts["json_out"]:
         print_json({"tracking_uri": reg.tracking_uri, "masks": rows})
         return
     t = Table(title=f"SkillPatches in {reg.tracking_uri}", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -87,25 +86,21 @@ def list_cmd(
         console.print("sparsity and size count the graftable body; the task head is always grafted")
 
 
-@masks_app.command("show")
-@handle_errors
+@command(masks_app, "show", registry_options)
 def show_cmd(
     ref: str = typer.Argument(..., help=REF_HELP),
-    tracking_uri: str | None = _tracking(),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    **opts: Any,
 ) -> None:
     """Everything about one patch: all tags, run metrics and lineage (producing run, fine-tuning run)."""
-    from mtgraft.registry import MaskRegistry, file_info
+    from mtgraft.registry import file_info
     from mtgraft.tracking import flatten
 
-    info = file_info(ref) if _is_file(ref) else MaskRegistry(tracking_uri).show(ref)
-    if json_out:
+    info = file_info(ref) if _is_file(ref) else _registry(opts).show(ref)
+    if opts["json_out"]:
         print_json(info)
         return
     title = info["ref"] + (f" · aliases: {', '.join(info['aliases'])}" if info.get("aliases") else "")
-    t = Table(title=title, show_header=False)
-    t.add_column("field", style="bold")
-    t.add_column("value", overflow="fold")
+    t = field_table(title, overflow="fold")
     for k, v in sorted(info["tags"].items()):
         t.add_row(k, v)
     for k, v in sorted(flatten(info.get("metrics") or {}, sep="/").items()):
@@ -118,16 +113,13 @@ def show_cmd(
     table_out.print(t)
 
 
-@masks_app.command("pull")
-@handle_errors
+@command(masks_app, "pull", registry_options)
 def pull_cmd(
     ref: str = typer.Argument(..., help=REF_HELP),
     out: Path = typer.Option(..., "--out", help="Where to write the patch file (a file, or a folder to put it in)."),
-    tracking_uri: str | None = _tracking(),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+    **opts: Any,
 ) -> None:
     """Download a registered patch; its sha256 must match the one recorded at registration."""
-    from mtgraft.registry import MaskRegistry
 
     if _is_file(ref):
         import shutil
@@ -141,16 +133,15 @@ def pull_cmd(
             shutil.copyfileobj(src, f)
         result = {"ref": ref, "path": str(dest), "sha256": sha256_file(dest), "verified": False}
     else:
-        result = MaskRegistry(tracking_uri).pull(ref, out)
-    if json_out:
+        result = _registry(opts).pull(ref, out)
+    if opts["json_out"]:
         print_json(result)
         return
     check = "sha256 verified" if result["verified"] else "local file copied"
     console.print(f"{result['ref']} → [bold]{result['path']}[/] ({check}: {result['sha256'][:16]}…)")
 
 
-@masks_app.command("apply")
-@handle_errors
+@command(masks_app, "apply", registry_options)
 def apply_cmd(
     refs: list[str] = typer.Argument(..., help="One or more REFs (name@alias, name/version or patch files) "
                                               "of the same base model."),
@@ -159,8 +150,7 @@ def apply_cmd(
     out: Path = typer.Option(..., "--out", help="Output checkpoint folder (usable by 'mtgraft eval')."),
     overlap: str = typer.Option("average", "--overlap",
                                 help="Weights set by more than one patch: average | sum | error (| first)."),
-    tracking_uri: str | None = _tracking(),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+    **opts: Any,
 ) -> None:
     """Graft one or more skills onto one base (Localize-and-Stitch) and save a checkpoint folder."""
     from mtgraft.patches import OVERLAP_POLICIES, SkillPatch, apply_patches
@@ -168,14 +158,14 @@ def apply_cmd(
 
     if overlap not in OVERLAP_POLICIES:
         raise MtgraftError(f"unknown --overlap '{overlap}' (use average, sum or error)")
-    with resolve_patch_files(refs, tracking_uri) as files:
+    with resolve_patch_files(refs, opts["tracking_uri"]) as files:
         patches = [SkillPatch.load(f["path"]) for f in files]
         for f, p in zip(files, patches, strict=True):
             if f.get("base_hash") and f["base_hash"] != p.header.base_hash:
                 raise MtgraftError(f"{f['ref']}: the file's base hash differs from the registered one — refusing it")
         sources = [{"ref": f["ref"], "sha256": f["sha256"], "from_registry": f["registry"]} for f in files]
         result = apply_patches(patches, to, out, overlap, sources)
-    if json_out:
+    if opts["json_out"]:
         print_json(result)
         return
     tasks = ", ".join(result["tasks"])
@@ -187,62 +177,53 @@ def apply_cmd(
                       f"(--overlap {overlap})")
 
 
-@masks_app.command("alias")
-@handle_errors
+@command(masks_app, "alias", registry_options)
 def alias_cmd(
     ref: str = typer.Argument(..., help="name@alias or name/version."),
     name: str = typer.Argument(..., help="The alias to point at that version (e.g. best, prod)."),
-    tracking_uri: str | None = _tracking(),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+    **opts: Any,
 ) -> None:
     """Point an alias of a registered model at one of its versions."""
-    from mtgraft.registry import MaskRegistry
 
     if _is_file(ref):
         raise MtgraftError(f"'{ref}' is a local patch file; register it first ('mtgraft masks register')")
-    res = MaskRegistry(tracking_uri).set_alias(ref, name)
-    if json_out:
+    res = _registry(opts).set_alias(ref, name)
+    if opts["json_out"]:
         print_json(res)
         return
     console.print(f"{res['name']}@{res['alias']} → version {res['version']}")
 
 
-@masks_app.command("delete")
-@handle_errors
+@command(masks_app, "delete", registry_options)
 def delete_cmd(
     ref: str = typer.Argument(..., help="name/version or name@alias (one version); a bare name with --all."),
     all_versions: bool = typer.Option(False, "--all", help="Delete a whole registered model (bare name) "
                                                            "and all its versions."),
-    tracking_uri: str | None = _tracking(),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+    **opts: Any,
 ) -> None:
     """Delete one registered version (or, with --all, a whole registered model). Run artifacts are kept."""
-    from mtgraft.registry import MaskRegistry
 
     if _is_file(ref):
         raise MtgraftError(f"'{ref}' is a local patch file, not a registry entry; nothing to delete")
-    res = MaskRegistry(tracking_uri).delete(ref, all_versions=all_versions)
-    if json_out:
+    res = _registry(opts).delete(ref, all_versions=all_versions)
+    if opts["json_out"]:
         print_json(res)
         return
     console.print(f"deleted {res['deleted']}" + (f" ({res['versions']} versions)" if all_versions else ""))
 
 
-@masks_app.command("register")
-@handle_errors
+@command(masks_app, "register", registry_options)
 def register_cmd(
     patches: list[Path] = typer.Argument(..., help="SkillPatch files to register."),
     run_id: str | None = typer.Option(None, "--run-id", help="MLflow run that produced the patch (the file is "
                                                               "logged there); default: a new registration run."),
-    tracking_uri: str | None = _tracking(),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {\"registered\": [...]}."),
+    **opts: Any,
 ) -> None:
     """Register patch files (what 'mtgraft graft' does unless --no-register)."""
-    from mtgraft.registry import MaskRegistry
 
-    reg = MaskRegistry(tracking_uri)
+    reg = _registry(opts)
     done = [reg.register_patch(p, run_id=run_id).to_dict() for p in patches]
-    if json_out:
+    if opts["json_out"]:
         print_json({"tracking_uri": reg.tracking_uri, "registered": done})
         return
     for d in done:

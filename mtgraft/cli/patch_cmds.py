@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import handle_errors, print_json, table_out
+from mtgraft.cli.common import field_table, handle_errors, print_json, table_out
 from mtgraft.errors import MtgraftError
 from mtgraft.progress import console
 
@@ -47,9 +46,7 @@ def info_cmd(
     if json_out:
         print_json({"path": str(patch), "sha256": digest, "file": stats, "header": h.to_json_dict()})
         return
-    t = Table(title=f"SkillPatch · {patch.name}", show_header=False)
-    t.add_column("field", style="bold")
-    t.add_column("value")
+    t = field_table(f"SkillPatch · {patch.name}")
     tasks = ", ".join(h.tasks)
     bpp = stats["bytes_per_grafted_param"]
     rows = [
@@ -106,9 +103,7 @@ def compare_cmd(
     if json_out:
         print_json(out)
         return
-    t = Table(title=f"{', '.join(pa.header.tasks)} vs {', '.join(pb.header.tasks)}", show_header=False)
-    t.add_column("metric", style="bold")
-    t.add_column("value", justify="right")
+    t = field_table(f"{', '.join(pa.header.tasks)} vs {', '.join(pb.header.tasks)}", "metric", justify="right")
     for k, v in out.items():
         if k not in ("a", "b", "task_a", "task_b"):
             t.add_row(k, f"{v:.4f}" if isinstance(v, float) else f"{v:,}")

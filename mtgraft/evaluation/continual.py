@@ -1,6 +1,6 @@
 """Continual-learning metrics over an accuracy matrix R[stage, task] (ACC, BWT, FWT, forgetting).
 
-Stage t (1-based, as in METHOD.md §4) is the model after training task t, so R must be square
+Stage t (1-based, as in docs/method.md §4) is the model after training task t, so R must be square
 [T stages, T tasks] with tasks in training order. Entries above the diagonal (a task evaluated
 before it was trained) may be NaN; only FWT and forgetting (max) read them, see ``docs/metrics.md``.
 """
@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from mtgraft.errors import MtgraftError
-from mtgraft.utils import atomic_file, finite_or_none, safe_name, write_json
+from mtgraft.tracking import mlflow_key
+from mtgraft.utils import atomic_file, finite_or_none, write_json
 
 FORGETTING_VARIANTS = {
     "forgetting_final": "mean_{i<T} (R[i,i] - R[T,i]): drop from just after training task i to the end",
@@ -80,7 +81,7 @@ def mlflow_metric_keys(R: Any, tasks: Sequence[str], r0: Any = None) -> dict[str
         for i, name in enumerate(tasks):
             v = m[t, i]
             if math.isfinite(v):
-                out[f"acc/stage_{t + 1}/task_{safe_name(str(name))}"] = float(v)
+                out[f"acc/stage_{t + 1}/task_{mlflow_key(name)}"] = float(v)
     metrics = continual_metrics(m, r0)
     for k in ("acc", "bwt", "fwt", "forgetting_final", "forgetting_max"):
         if metrics[k] is not None:

@@ -1,4 +1,4 @@
-"""``mtgraft eval``: evaluate a checkpoint or a SkillPatch as the paper does (METHOD.md §3)."""
+"""``mtgraft eval``: evaluate a checkpoint or a SkillPatch as the paper does (docs/method.md §3)."""
 
 from __future__ import annotations
 

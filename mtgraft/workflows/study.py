@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,54 +228,44 @@ class Study:
             g = self._graft(f"graft:{spec.name}", tr["checkpoint"], t, False, self.out / "graft" / spec.name, ood)
             rows.append({"task": spec.name, "train": _brief_train(tr), "graft": g[0]})
             patches += [r["patch"] for r in g[0]["results"] if r.get("patch") and r["method"] == "graft"]
-        by_sparsity: dict[float, list[str]] = {}
-        for r in (x for row in rows for x in row["graft"]["results"]):
-            if r.get("patch") and r["method"] == "graft":
-                by_sparsity.setdefault(r["sparsity"], []).append(r["patch"])
         report = None
-        if by_sparsity and self.cfg.report is not None:
-            s = sorted(by_sparsity)[len(by_sparsity) // 2]
-            report = self._report(by_sparsity[s])
+        if self.cfg.report is not None:
+            report = self._middle_report(x for row in rows for x in row["graft"]["results"])
         return {"tasks": rows, "report": report}
 
-    def _joint(self) -> dict[str, Any]:
+    def _middle_report(self, results: Iterable[dict[str, Any]]) -> Any:
+        """The overlap report of the learned grafts at the middle sparsity (None when there are none)."""
+        by_sparsity: dict[float, list[str]] = {}
+        for r in results:
+            if r.get("patch") and r["method"] == "graft":
+                by_sparsity.setdefault(r["sparsity"], []).append(r["patch"])
+        if not by_sparsity:
+            return None
+        return self._report(by_sparsity[sorted(by_sparsity)[len(by_sparsity) // 2]])
+
+    def _train_all(self, mode: str) -> dict[str, Any]:
+        """The stage that fine-tunes one model on all the study's tasks, jointly or in sequence."""
         from mtgraft.training.multitask import MultitaskConfig
         from mtgraft.workflows.continual import train_multitask_with_grafts
 
         ck = self.out / "train"
 
         def go_train() -> tuple[dict[str, Any], list[str]]:
-            cfg = MultitaskConfig(tasks=self.cfg.tasks, mode="joint", out=str(ck), **self._train_cfg())
-            r = train_multitask_with_grafts(cfg, show_progress=self.show)
-            return r.to_json(), [str(ck)]
+            cfg = MultitaskConfig(tasks=self.cfg.tasks, mode=mode, out=str(ck), **self._train_cfg())
+            return train_multitask_with_grafts(cfg, show_progress=self.show).to_json(), [str(ck)]
 
-        tr = self.stage("train:joint", go_train)
+        return self.stage(f"train:{mode}", go_train)
+
+    def _joint(self) -> dict[str, Any]:
+        tr = self._train_all("joint")
         g = self._graft("graft:all-tasks", tr["checkpoint"], None, True, self.out / "graft")
         patches = [r["patch"] for t in g for r in t["results"] if r.get("patch") and r["method"] == "graft"]
-        by_sparsity: dict[float, list[str]] = {}
-        for t in g:
-            for r in t["results"]:
-                if r.get("patch") and r["method"] == "graft":
-                    by_sparsity.setdefault(r["sparsity"], []).append(r["patch"])
-        report = None
-        if by_sparsity:
-            s = sorted(by_sparsity)[len(by_sparsity) // 2]
-            report = self._report(by_sparsity[s])
+        report = self._middle_report(r for t in g for r in t["results"])
         return {"train": _brief_train(tr), "per_task_test": tr.get("test"), "grafts": g, "patches": patches,
                 "report": report}
 
     def _sequential(self) -> dict[str, Any]:
-        from mtgraft.training.multitask import MultitaskConfig
-        from mtgraft.workflows.continual import train_multitask_with_grafts
-
-        ck = self.out / "train"
-
-        def go_train() -> tuple[dict[str, Any], list[str]]:
-            cfg = MultitaskConfig(tasks=self.cfg.tasks, mode="sequential", out=str(ck), **self._train_cfg())
-            r = train_multitask_with_grafts(cfg, show_progress=self.show)
-            return r.to_json(), [str(ck)]
-
-        tr = self.stage("train:sequential", go_train)
+        tr = self._train_all("sequential")
         cl = None
         if self.cfg.continual is not None:
             from mtgraft.workflows.continual import ContinualGraftConfig, continual_graft
