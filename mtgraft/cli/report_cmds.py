@@ -17,10 +17,10 @@ OUT = "Output"
 
 
 def _split(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for v in values or []:
-        out += [x.strip() for x in v.split(",") if x.strip()]
-    return out
+    """Repeated and comma-separated values as one list."""
+    from mtgraft.config import split_list
+
+    return [x for v in values or [] for x in split_list(v)]
 
 
 @app.command("overlap-report")

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from mtgraft.config import BaseConfig, ModelType, load_yaml
+from mtgraft.config import BaseConfig, CommaList, ModelType, load_yaml
 from mtgraft.errors import MtgraftError
 from mtgraft.utils import ensure_writable_dir, provenance, write_json
 
@@ -24,7 +24,7 @@ class StudyConfig(BaseConfig):
     name: str
     description: str = ""
     kind: Literal["single", "joint", "sequential"]
-    tasks: list[str]
+    tasks: CommaList
     model: str = "minilm"
     type: ModelType = "head"
     train: dict[str, Any] = Field(default_factory=dict)
@@ -34,13 +34,6 @@ class StudyConfig(BaseConfig):
     ood: bool = True
     out: str | None = None
     tracking_uri: str | None = None
-
-    @field_validator("tasks", mode="before")
-    @classmethod
-    def _tasks(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [x.strip() for x in v.split(",") if x.strip()]
-        return v
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
