@@ -19,12 +19,20 @@ from mtgraft.evaluation.metrics import classification_metrics
 from mtgraft.models import Encoded, collate, model_inputs
 
 
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse, in one line, a ``precision`` that cannot run on ``device`` (fp16 off CUDA)."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise MtgraftError(f"unknown precision '{precision}' (use fp32, bf16 or fp16)")
+    if precision == "fp16" and device.type != "cuda":
+        raise MtgraftError(f"--precision fp16 needs a CUDA GPU (fp16 with gradient scaling does not run on "
+                           f"the {device.type.upper()}); use --precision bf16 or fp32 there")
+
+
 def autocast_ctx(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision context for ``precision`` in (fp32, bf16, fp16)."""
+    """Mixed precision context for ``precision`` in (fp32, bf16, fp16): what accelerate's autocast enters."""
+    check_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise MtgraftError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -1,6 +1,6 @@
 """Fine-tuning (docs/method.md §1): the optimisers, a lean training loop and the train entry point.
 
-The package's face: ``optim`` (trainable parameters, optimisers), ``distributed`` (data parallelism),
+The package's face: ``optim`` (trainable parameters, optimisers), ``distributed`` (mixed precision and data parallelism on accelerate),
 ``loop`` (batch streams and the training loop), ``single`` (``mtgraft train``) and ``multitask`` (joint and
 sequential runs; graft-based continual learning is the workflow ``mtgraft.workflows.continual``).
 """

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from mtgraft.evaluation.predict import autocast_ctx
 from mtgraft.models import Encoded, TaskModel, collate, model_inputs
-from mtgraft.training.distributed import DistContext
+from mtgraft.training.distributed import DistContext, dist_context
 
 
 @dataclass
@@ -94,11 +92,16 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
     """Optimise cross-entropy for ``max_steps``; evaluate ``dev_eval`` every ``eval_every`` steps.
 
     Keeps (in memory) the trainable tensors of the best dev score and loads them at the end.
-    With an active ``dist`` each process takes its share of every global batch and DDP averages the
-    gradients, so N processes follow the same trajectory as one (up to float rounding, dropout aside).
+    Runs on ``dist``'s accelerator (a fresh one for ``device`` and ``precision`` when not given): its prepared
+    model and optimizer, ``backward``, ``clip_grad_norm_``. The global batches come from ``stream`` (seeded,
+    part of the resume state) on every process alike; with several processes each takes its share
+    (``split_between_processes``) and DDP averages the gradients, so N processes follow the same trajectory
+    as one (up to float rounding, dropout aside).
     """
-    ddp = dist is not None and dist.active
-    net = dist.wrap(model) if ddp else model
+    if dist is None or dist.accelerator is None:
+        dist = dist_context(device.type, precision)
+    acc = dist.accelerator
+    net, opt = dist.prepare(model, optimizer)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in trainable]
     pre = None
@@ -113,7 +116,9 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
             with torch.no_grad():
                 for (n, p) in trainable:
                     p.copy_(saved["params"][n])
-            optimizer.load_state_dict(saved["optimizer"])
+            opt.load_state_dict(saved["optimizer"])
+            if acc.scaler is not None and saved.get("scaler"):
+                acc.scaler.load_state_dict(saved["scaler"])
             stream.load_state_dict(saved["stream"])
             set_rng_state(saved["rng"])
             st = saved
@@ -125,34 +130,28 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
     seen = st.get("seen", 0)
     train_time = st.get("train_time", 0.0)
     pad = model.tokenizer.pad_token_id
-    loss_fn = nn.CrossEntropyLoss()
     net.train()
     last_loss = float("nan")
     for step in range(start_step + 1, max_steps + 1):
         t0 = time.perf_counter()
         enc, idx = stream.next()
         n_global = len(idx)
-        if ddp:
-            idx = dist.shard(idx)
+        if dist.active:
+            idx = dist.share(idx)
         batch = collate(enc, idx, pad, device)
-        with autocast_ctx(device, precision):
-            logits = net(**model_inputs(batch))
-        if ddp:
-            # sum over this share / global batch size * N: DDP's mean over processes is the global-batch mean
-            loss = nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum") \
-                * (dist.world_size / n_global)
-        else:
-            loss = loss_fn(logits.float(), batch["labels"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        logits = net(**model_inputs(batch))  # the prepared model autocasts (bf16/fp16) and returns fp32
+        loss = dist.loss(logits, batch["labels"], n_global)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)  # fp16: scaled by the gradient scaler
         if pre is not None:
+            alpha = l1_to_pretrained * dist.grad_scale()  # the gradients are still scaled here
             with torch.no_grad():
                 for p, p0 in zip(params, pre, strict=True):
                     if p.grad is not None:
-                        p.grad.add_(torch.sign(p - p0), alpha=l1_to_pretrained)
+                        p.grad.add_(torch.sign(p - p0), alpha=alpha)
         if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
+            acc.clip_grad_norm_(params, grad_clip)  # unscales first (fp16)
+        opt.step()  # fp16: skipped when the scaled gradients overflowed; the scale then shrinks
         train_time += time.perf_counter() - t0
         seen += n_global
         last_loss = loss.item()
@@ -170,14 +169,15 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
                     best_state = {n: p.detach().to("cpu", copy=True) for n, p in trainable}
             if checkpoint_hook:
                 checkpoint_hook(step)
-            if resumer is not None and (dist is None or dist.is_main):
+            if resumer is not None and dist.is_main:
                 from mtgraft.resume import rng_state
 
                 resumer[0].save(resumer[1], {
                     "step": step, "params": {n: p.detach().to("cpu", copy=True) for n, p in trainable},
-                    "optimizer": optimizer.state_dict(), "stream": stream.state_dict(), "rng": rng_state(),
+                    "optimizer": opt.state_dict(), "stream": stream.state_dict(), "rng": rng_state(),
                     "best_dev": best_dev, "best_step": best_step, "best_state": best_state, "history": history,
-                    "seen": seen, "train_time": train_time}, resumer[2])
+                    "seen": seen, "train_time": train_time,
+                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}, resumer[2])
         if progress:
             progress(step, {"loss": last_loss, "best_dev": best_dev})
     if keep_best and best_state is not None:

@@ -30,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mtgraft.config import CommaList, TrainConfig
 from mtgraft.errors import MtgraftError
-from mtgraft.evaluation.predict import accuracy, evaluate_probs, predict_probs
+from mtgraft.evaluation.predict import accuracy, evaluate_probs
 from mtgraft.models import CheckpointMeta, Encoded, TaskInfo, TaskModel, encode_examples, save_checkpoint
 from mtgraft.progress import progress_bar
 from mtgraft.resume import ResumeState, rng_state, set_rng_state
@@ -171,12 +171,15 @@ def _task_source(ref: str) -> str:
     return str(p.resolve()) if p.is_file() else ref
 
 
-def eval_tasks(model: TaskModel, encs: dict[str, Encoded], device: Any, precision: str = "fp32",
+def eval_tasks(model: TaskModel, encs: dict[str, Encoded], device: Any, dist: DistContext,
                full: bool = True) -> dict[str, dict[str, Any]]:
-    """Metrics of ``model`` on each task's examples, each with that task's head/label words."""
+    """Metrics of ``model`` on each task's examples, each with that task's head/label words.
+
+    With several processes each predicts its share of a task's examples and all gather the predictions.
+    """
     out: dict[str, dict[str, Any]] = {}
     for name, enc in encs.items():
-        probs = predict_probs(model, enc, 64, device, precision)
+        probs = dist.predict(model, enc, device)
         out[name] = evaluate_probs(probs, enc.labels) if full else {"accuracy": accuracy(probs, enc.labels)}
     return out
 
@@ -246,7 +249,7 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
     ensure_writable_dir(parent)
     if Path(out).exists() and not Path(out).is_dir():
         raise MtgraftError(f"--out '{out}' exists and is not a folder")
-    dist = dist_context(cfg.device)
+    dist = dist_context(cfg.device, cfg.precision)  # refuses fp16 off CUDA before any work
     device = dist.device(cfg.device)
     show = show_progress and dist.is_main
     splits = {n: make_splits(s, cfg.k, cfg.seed, cfg.max_test) for n, s in zip(names, specs, strict=True)}
@@ -305,7 +308,7 @@ def _loop(cfg: MultitaskConfig, model: TaskModel, stream: BatchStream, dev_encs:
     opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.head_lr)
 
     def dev_eval() -> dict[str, float]:
-        accs = {n: m["accuracy"] for n, m in eval_tasks(model, dev_encs, device, cfg.precision, full=False).items()}
+        accs = {n: m["accuracy"] for n, m in eval_tasks(model, dev_encs, device, dist, full=False).items()}
         return {"accuracy": float(np.mean(list(accs.values()))), **{f"{safe_name(n)}/accuracy": a
                                                                    for n, a in accs.items()}}
 
@@ -334,8 +337,8 @@ def _joint(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str, Enco
     stream = BatchStream([enc["train"][n] for n in names], cfg.batch_size, cfg.seed, weights)
     res = _loop(cfg, model, stream, enc["dev"], device, dist, run, show, f"joint {'+'.join(names)}", "dev/",
                 resumer=(rs[0], "joint", rs[1]))
-    test = eval_tasks(model, enc["test"], device, cfg.precision)
-    dev = eval_tasks(model, enc["dev"], device, cfg.precision)
+    test = eval_tasks(model, enc["test"], device, dist)
+    dev = eval_tasks(model, enc["dev"], device, dist)
     for n in names:
         run.log_metrics(test[n], prefix=f"test/{safe_name(n)}/")
         run.log_metrics(dev[n], prefix=f"dev/final/{safe_name(n)}/")
@@ -361,7 +364,7 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
 
     state, conf = rs
     T = len(names)
-    r0 = [m["accuracy"] for m in eval_tasks(model, enc["test"], device, cfg.precision, full=False).values()]
+    r0 = [m["accuracy"] for m in eval_tasks(model, enc["test"], device, dist, full=False).values()]
     R = np.full((T, T), math.nan)
     stages: list[dict[str, Any]] = []
     total_seconds, total_seen, test = 0.0, 0, {}
@@ -394,7 +397,7 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
                     f"stage {t + 1}/{T} {name}", f"stage_{t + 1}/dev/", resumer=(state, f"stage-{t + 1}", conf))
         total_seconds += res.train_seconds
         total_seen += res.examples_seen
-        test = eval_tasks(model, enc["test"], device, cfg.precision)
+        test = eval_tasks(model, enc["test"], device, dist)
         R[t] = [test[n]["accuracy"] for n in names]
         run.log_metrics({f"acc/stage_{t + 1}/task_{safe_name(n)}": R[t, i] for i, n in enumerate(names)})
         stage = {"stage": t + 1, "task": name, "checkpoint": str(Path(out) / folder), "best_step": res.best_step,
@@ -415,7 +418,7 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
             state.path(f"stage-{t + 1}").unlink(missing_ok=True)
     cont = continual_metrics(R, r0)
     run.log_metrics(mlflow_metric_keys(R, names, r0))
-    dev = eval_tasks(model, enc["dev"], device, cfg.precision)
+    dev = eval_tasks(model, enc["dev"], device, dist)
     for n in names:
         run.log_metrics(test[n], prefix=f"test/{safe_name(n)}/")
     matrix = [[None if not math.isfinite(v) else float(v) for v in row] for row in R]

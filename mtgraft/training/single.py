@@ -8,7 +8,7 @@ from typing import Any
 
 from mtgraft.config import TrainConfig
 from mtgraft.errors import MtgraftError
-from mtgraft.evaluation.predict import accuracy, evaluate_probs, predict_probs
+from mtgraft.evaluation.predict import accuracy, evaluate_probs
 from mtgraft.models import CheckpointMeta, TaskInfo, build_task_model, encode_examples, save_checkpoint
 from mtgraft.progress import progress_bar
 from mtgraft.training.distributed import dist_context
@@ -52,7 +52,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
     ensure_writable_dir(Path(out).parent if Path(out).parent != Path("") else Path("."))
     if Path(out).exists() and not Path(out).is_dir():
         raise MtgraftError(f"--out '{out}' exists and is not a folder")
-    dist = dist_context(cfg.device)
+    dist = dist_context(cfg.device, cfg.precision)  # refuses fp16 off CUDA before any work
     device = dist.device(cfg.device)
     show_progress = show_progress and dist.is_main
     splits = make_splits(task, cfg.k, cfg.seed, cfg.max_test)
@@ -78,7 +78,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
         stream = BatchStream([enc_train], cfg.batch_size, cfg.seed)
 
         def dev_eval() -> dict[str, float]:
-            probs = predict_probs(model, enc_dev, 64, device, cfg.precision)
+            probs = dist.predict(model, enc_dev, device)
             return {"accuracy": accuracy(probs, enc_dev.labels)}
 
         with progress_bar(cfg.max_steps, f"train {task.name}", show_progress) as upd:
@@ -97,8 +97,8 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
                              eval_every=cfg.eval_every, grad_clip=cfg.grad_clip, device=device,
                              precision=cfg.precision, l1_to_pretrained=cfg.l1_to_pretrained,
                              progress=prog, on_eval=on_eval, dist=dist, resumer=resumer, resume=cfg.resume)
-        dev_probs = predict_probs(model, enc_dev, 64, device, cfg.precision)
-        test_probs = predict_probs(model, enc_test, 64, device, cfg.precision)
+        dev_probs = dist.predict(model, enc_dev, device)
+        test_probs = dist.predict(model, enc_test, device)
         dev_m = evaluate_probs(dev_probs, enc_dev.labels)
         test_m = evaluate_probs(test_probs, enc_test.labels)
         run.log_metrics(test_m, prefix="test/")

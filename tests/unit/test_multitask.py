@@ -205,7 +205,8 @@ def test_continual_graft_on_a_sequential_run(env, sequential):
     from mtgraft.patches import SkillPatch
 
     p1 = SkillPatch.load(res.patches["example_local"])
-    assert p1.header.finetuned["path"] == str(Path(sequential.stages[0]["checkpoint"]).resolve())
+    stage1, _ = load_checkpoint(sequential.stages[0]["checkpoint"])  # by content: the file holds no host path
+    assert p1.header.finetuned["hash"] == stage1.base_hash()
     assert res.union_stats["region_size"] >= max(res.per_task[n]["region_size"] for n in names)
     st = res.storage
     assert 0 < st["patches_bytes"] < st["checkpoints_bytes"] and st["ratio"] > 1
@@ -274,20 +275,57 @@ def test_nan_free_json(sequential):
 # ---------------------------------------------------------------------------------------------- data parallel
 
 
-def test_dist_context_shards_a_global_batch(monkeypatch):
-    from types import SimpleNamespace
+def _rank(r, n):
+    """A stand-in accelerator for process ``r`` of ``n``: accelerate's own ``split_between_processes``."""
+    from types import MethodType, SimpleNamespace
+
+    from accelerate import PartialState
+
+    ns = SimpleNamespace(num_processes=n, process_index=r)
+    ns.split_between_processes = MethodType(PartialState.split_between_processes, ns)
+    return ns
+
+
+def test_dist_context_shares_a_global_batch_and_its_loss(monkeypatch):
+    import torch
 
     from mtgraft.training import DistContext, dist_context, is_main_process
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert not dist_context().active and is_main_process()
-    shares = [DistContext(SimpleNamespace(num_processes=2, process_index=r)).shard(list(range(5))) for r in (0, 1)]
-    assert shares == [[0, 2, 4], [1, 3]]  # disjoint, together the whole batch
+    shares = [DistContext(_rank(r, 2)).share(list(range(5))) for r in (0, 1)]
+    assert shares == [[0, 1, 2], [3, 4]]  # disjoint, together the whole batch, sizes differ by at most one
     with pytest.raises(MtgraftError, match="batch-size"):
-        DistContext(SimpleNamespace(num_processes=4, process_index=0)).shard([0, 1])
+        DistContext(_rank(0, 4)).share([0, 1])
+    # unequal shares: the mean over processes of each share's loss is the global-batch mean
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    mean = sum(DistContext(_rank(r, 2)).loss(logits[s], labels[s], 5) for r, s in enumerate(shares)) / 2
+    torch.testing.assert_close(mean, torch.nn.functional.cross_entropy(logits, labels))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert not is_main_process()
+
+
+def test_fp16_on_the_cpu_is_refused_before_any_work(env, tmp_path, monkeypatch):
+    """accelerate would quietly train fp16 on the CPU in fp32: mtgraft refuses in one line, writes nothing."""
+    import mtgraft.training.multitask as mt
+
+    monkeypatch.setattr(mt, "train_loop", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(MtgraftError, match="fp16 needs a CUDA GPU") as e:
+        train_multitask(_cfg(env, "joint", str(tmp_path / "never"), precision="fp16", device="cpu"),
+                        show_progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never.resume").exists()
+
+
+def test_joint_bf16_on_the_cpu(env, tmp_path):
+    """A joint bf16 run on the CPU (prepared model autocasts; evaluation in bf16 too) trains and saves fp32."""
+    r = train_multitask(_cfg(env, "joint", str(tmp_path / "bf16"), precision="bf16", device="cpu", max_steps=6,
+                             eval_every=3), show_progress=False)
+    model, meta = load_checkpoint(r.checkpoint)
+    assert meta.train_config["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert all(math.isfinite(m["brier"]) for m in r.test.values())
 
 
 def test_grafts_of_a_joint_checkpoint_get_per_task_regions(env, joint, tmp_path):

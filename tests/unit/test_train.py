@@ -105,6 +105,7 @@ def test_cli_config_yaml_and_override(tiny_models, tmp_path):
         (["--type", "prompt", "--model", "minilm"], "masked LM"),
         (["--lr", "-1"], "lr"),
         (["--device", "tpu"], "device"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),  # refused before any work
     ],
 )
 def test_cli_bad_input_one_line(tiny_models, tmp_path, args, message):
@@ -135,3 +136,62 @@ def test_cli_unwritable_out(tiny_models, tmp_path):
                 "--out", str(target)], tmp_path)
     assert res.exit_code != 0
     assert "error:" in res.output and "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------------------------------------- mixed precision
+
+
+def _loop_losses(model_dir, precision, device="cpu", steps=40):
+    """Train the tiny head model ``steps`` steps through ``train_loop`` in ``precision``; per-step losses and
+    the dtypes the first body layer computed in."""
+    import torch
+
+    from mtgraft.models import build_task_model
+    from mtgraft.training import BatchStream, dist_context, make_optimizer, set_trainable, train_loop
+
+    spec = get_task(example_task_yaml())
+    torch.manual_seed(0)
+    model = build_task_model(model_dir, "head", [spec])
+    set_trainable(model)
+    dev = torch.device(device)
+    model.to(dev)
+    enc = encode_examples(model, spec.name, make_splits(spec, 3, 13, 8).train, 32)
+    dtypes = set()
+    layer = model.backbone.encoder.layer[0].attention.self.query
+    layer.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype) if m.training else None)
+    losses = []
+    dist = dist_context(device, precision)
+    train_loop(model, BatchStream([enc], 6, 0), lambda: {"accuracy": 0.0}, optimizer=make_optimizer(
+               model, "adamw", 1e-2, 0.0), max_steps=steps, eval_every=steps, grad_clip=1.0, device=dev,
+               precision=precision, dist=dist, keep_best=False, progress=lambda s, f: losses.append(f["loss"]))
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision: fp32 weights
+    return losses, dtypes, dist
+
+
+def test_bf16_on_the_cpu_learns(tiny_models):
+    """accelerate's bf16 autocast on the CPU: the body computes in bf16 and the loss goes down."""
+    import torch
+
+    losses, dtypes, _ = _loop_losses(tiny_models["head"], "bf16")
+    assert dtypes == {torch.bfloat16}
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="fp16 with gradient scaling needs CUDA")
+def test_fp16_on_cuda_trains_with_gradient_scaling(tiny_models):
+    import torch
+
+    losses, dtypes, dist = _loop_losses(tiny_models["head"], "fp16", device="cuda")
+    assert dtypes == {torch.float16} and dist.accelerator.scaler is not None
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+
+
+def test_single_process_runs_on_a_fresh_accelerator_per_precision(tiny_models):
+    """Runs of different precisions follow each other in one process (accelerate's state is reset per run)."""
+    from mtgraft.training import dist_context
+
+    for precision, mixed in (("bf16", "bf16"), ("fp32", "no"), ("bf16", "bf16")):
+        dist = dist_context("cpu", precision)
+        assert dist.accelerator.mixed_precision == mixed and not dist.active and dist.is_main
+        assert dist.accelerator.scaler is None
