@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,21 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give every file and folder under ``root`` the permissions the umask gives a new one (0644/0755 with a
+    umask of 022): some writers (safetensors' ``save_file``, hence ``save_pretrained``) create files 0600.
+    Executable files stay executable; links are left alone."""
+    mask = _umask()
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_mode & 0o111):
+                os.chmod(p, 0o777 & ~mask)
+            elif stat.S_ISREG(st.st_mode):
+                os.chmod(p, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``final``; on error it is removed.
@@ -144,6 +160,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is an ordinary folder
     try:
         yield tmp
+        follow_umask(tmp)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=parent))
             old.rmdir()

@@ -371,7 +371,7 @@ def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
         ax.set_xlim(xs.min() - padx, xs.max() + padx)
         ax.set_ylim(ys.min() - pady, ys.max() + pady)
     me, mp = G.graph.get("min_enrichment"), G.graph.get("max_p")
-    sub = (f"edges: enrichment ≥ {me:g} and p ≤ {mp:g}; width ~ log2 enrichment (weakest to strongest edge)\n"
+    sub = (f"edges: enrichment ≥ {me:g} and adjusted p ≤ {mp:g}; width ~ log2 enrichment (weakest to strongest edge)\n"
            "node area ~ region size; colour = community") if me is not None else ""
     ax.set_title((title + "\n" if title else "") + sub, fontsize=9)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.02)

@@ -1,8 +1,9 @@
 """The task-similarity graph: tasks as nodes, region overlap beyond chance as weighted edges.
 
 Edges join two tasks whose regions share at least ``min_enrichment`` times the parameters two random
-regions of the same sizes would (and with hypergeometric p-value at most ``max_p``); edge weight =
-enrichment. Communities come from networkx's greedy modularity maximisation (weighted, deterministic).
+regions of the same sizes would, and only pairs the report's statistics call ``beyond_chance`` (the same
+Bonferroni-adjusted p-values as ``stats.pair_records``; the adjusted p at most ``max_p`` too): no edge joins a
+pair the report calls chance. Edge weight = enrichment. Communities come from networkx's greedy modularity maximisation (weighted, deterministic).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from mtgraft.analysis.stats import ALPHA, pair_records
 from mtgraft.errors import MtgraftError
 from mtgraft.utils import atomic_file, finite_or_none
 
@@ -25,14 +27,17 @@ def task_graph(
     matrices: Mapping[str, Any],
     node_attrs: Mapping[str, Mapping[str, Any]] | None = None,
     min_enrichment: float = 2.0,
-    max_p: float = 0.05,
+    max_p: float = ALPHA,
+    pairs: Sequence[Mapping[str, Any]] | None = None,
 ) -> nx.Graph:
     """Build the task graph from ``overlap_matrices`` output; node attributes from ``node_attrs[task]``.
 
     Nodes carry ``region_size`` (and whatever ``node_attrs`` gives, None values dropped); an edge (i, j)
-    exists when enrichment >= ``min_enrichment`` and p <= ``max_p``; its attributes: weight (= enrichment),
-    enrichment, log2_enrichment, jaccard, overlap_coefficient, intersection, expected, p_value,
-    log10_p_value, containment_ij (|g_i∩g_j|/|g_j|) and containment_ji, keyed by the (sorted-by-input) pair.
+    exists when the pair's verdict (``pairs``: ``stats.pair_records(matrices)``, computed when not given) is
+    ``beyond_chance``, its enrichment >= ``min_enrichment`` and its Bonferroni-adjusted p <= ``max_p``; its
+    attributes: weight (= enrichment), enrichment, log2_enrichment, jaccard, overlap_coefficient, intersection,
+    expected, p_value (unadjusted), p_adjusted, n_tests, log10_p_value, containment_ij (|g_i∩g_j|/|g_j|) and
+    containment_ji, keyed by the (sorted-by-input) pair.
     """
     if min_enrichment <= 0:
         raise MtgraftError(f"--min-enrichment must be positive, got {min_enrichment:g}")
@@ -49,11 +54,14 @@ def task_graph(
         G.add_node(t, **attrs)
     enr = np.asarray(matrices["enrichment"], dtype=np.float64)
     pv = np.asarray(matrices["p_value"], dtype=np.float64)
+    tested = {(r["a"], r["b"]): r for r in (pair_records(matrices) if pairs is None else pairs)}
     for i in range(len(tasks)):
         for j in range(i + 1, len(tasks)):
             e = finite_or_none(enr[i, j])
             p = finite_or_none(pv[i, j])
-            if e is None or p is None or e < min_enrichment or p > max_p:
+            rec = tested.get((tasks[i], tasks[j]))
+            if (e is None or p is None or rec is None or rec["verdict"] != "beyond_chance" or e < min_enrichment
+                    or rec["p_adjusted"] > max_p):
                 continue
             G.add_edge(
                 tasks[i], tasks[j],
@@ -62,7 +70,8 @@ def task_graph(
                 overlap_coefficient=finite_or_none(matrices["overlap_coefficient"][i][j]) or 0.0,
                 intersection=int(matrices["intersection"][i][j]),
                 expected=float(matrices["expected"][i][j]),
-                p_value=p, log10_p_value=float(matrices["log10_p_value"][i][j]),
+                p_value=p, p_adjusted=float(rec["p_adjusted"]), n_tests=int(rec["n_tests"]),
+                log10_p_value=float(matrices["log10_p_value"][i][j]),
                 containment_ij=finite_or_none(matrices["containment"][i][j]) or 0.0,
                 containment_ji=finite_or_none(matrices["containment"][j][i]) or 0.0,
             )

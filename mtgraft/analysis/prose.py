@@ -168,9 +168,10 @@ def graph_sentence(graph_info: Mapping[str, Any]) -> str:
     me, mp = graph_info["min_enrichment"], graph_info["max_p"]
     if graph_info["edges"]:
         groups = "; ".join("{" + ", ".join(c) + "}" for c in graph_info["communities"])
-        return (f"The task graph (edges: enrichment ≥ {me:g}, p ≤ {mp:g}) has {graph_info['edges']} edge(s); "
+        return (f"The task graph (edges: beyond chance, enrichment ≥ {me:g}, adjusted p ≤ {mp:g}) has {graph_info['edges']} edge(s); "
                 f"greedy modularity groups the tasks as {groups}.")
-    return f"No pair reaches enrichment ≥ {me:g} with p ≤ {mp:g}: the task graph has no edges."
+    return (f"No pair is beyond chance with enrichment ≥ {me:g} and adjusted p ≤ {mp:g}: the task graph has no "
+            "edges.")
 
 
 def noise_sentence(transfer: Mapping[str, Any]) -> str | None:

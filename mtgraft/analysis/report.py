@@ -71,13 +71,14 @@ def _node(p: Any, src: str) -> dict[str, Any]:
 
 
 def _task_graph(mat: dict[str, Any], nodes: dict[str, dict[str, Any]], min_enrichment: float,
-                max_p: float) -> tuple[Any, dict[str, Any]]:
-    """The task graph with its communities, and its summary (``graph_info``)."""
+                max_p: float, pairs: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    """The task graph with its communities, and its summary (``graph_info``); edges only between pairs whose
+    verdict in ``pairs`` (the report's) is beyond chance."""
     from mtgraft.analysis.graph import annotate_communities, communities, task_graph
 
     keep = ("region_size", "sparsity", "accuracy", "rel", "method", "domain")
     G = task_graph(mat, {k: {kk: vv for kk, vv in v.items() if kk in keep} for k, v in nodes.items()},
-                   min_enrichment, max_p)
+                   min_enrichment, max_p, pairs)
     comms = communities(G)
     annotate_communities(G, comms)
     return G, {"nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "min_enrichment": min_enrichment,
@@ -140,10 +141,11 @@ def analyse(
     bd_layer = breakdown(regions, seg, "layer")
     bd_module = breakdown(regions, seg, "module")
     nodes = {lab: _node(p, src) for lab, p, src in zip(labels, plist, srcs, strict=True)}
-    G, graph_info = _task_graph(mat, nodes, min_enrichment, max_p)
+    pairs = pair_records(mat)  # one set of corrected p-values and verdicts for the report and the graph
+    G, graph_info = _task_graph(mat, nodes, min_enrichment, max_p, pairs)
     data = ReportData(
         labels=labels, patches=plist, sources=srcs, nodes=nodes, P=seg.total, segments=seg, header=h0,
-        matrices=mat, pairs=pair_records(mat), breakdown_layer=bd_layer, breakdown_module=bd_module,
+        matrices=mat, pairs=pairs, breakdown_layer=bd_layer, breakdown_module=bd_module,
         pooled_layer=pooled(bd_layer), pooled_module=pooled(bd_module),
         profiles={lab: region_profile(r, seg, bias_separate=True) for lab, r in regions.items()},
         graph=G, graph_info=graph_info)

@@ -65,8 +65,7 @@ def info_cmd(
         ("seed", str(h.seed)),
         ("data", ", ".join(f"{k}={v}" for k, v in h.data.items()) or "-"),
         ("fine-tuned", ", ".join(f"{k}={v}" for k, v in h.finetuned.items()) or "-"),
-        ("created", f"{h.created_at} · mtgraft {h.code_version.get('mtgraft')} "
-                    f"@ {h.code_version.get('git_revision') or '?'}"),
+        ("written by", f"mtgraft {h.code_version.get('mtgraft')} @ {h.code_version.get('git_revision') or '?'}"),
         ("format", f"{h.format} v{h.format_version}"),
         ("sha256", digest),
     ]

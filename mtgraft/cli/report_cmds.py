@@ -36,7 +36,7 @@ def overlap_report_cmd(
     with_transfer: bool = typer.Option(False, "--with-transfer", help="Evaluate each graft on every task with the same labels (Rel), union grafts, overlap-vs-transfer correlation.", rich_help_panel=ANALYSIS),
     union: list[str] | None = typer.Option(None, "--union", help="A task group whose union graft to evaluate, e.g. --union a,b (repeatable; needs --with-transfer).", rich_help_panel=ANALYSIS),
     min_enrichment: float = typer.Option(2.0, "--min-enrichment", help="Task-graph edge when the overlap is at least this many times chance ...", rich_help_panel=ANALYSIS),
-    max_p: float = typer.Option(0.05, "--max-p", help="... and its hypergeometric p-value is at most this.", rich_help_panel=ANALYSIS),
+    max_p: float = typer.Option(0.05, "--max-p", help="... and its Bonferroni-adjusted hypergeometric p-value (the report's verdicts) is at most this.", rich_help_panel=ANALYSIS),
     max_test: str = typer.Option("500", "--max-test", help="Cap on test examples per task for transfer, or 'all' (= as recorded).", rich_help_panel=ANALYSIS),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (transfer only).", rich_help_panel=ANALYSIS),
     out: str | None = typer.Option(None, "--out", help="Report folder (default runs/overlap/<tasks>-<time>).", rich_help_panel=OUT),

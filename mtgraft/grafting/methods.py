@@ -113,7 +113,7 @@ def _saliency_scores(ctx: SelectContext) -> torch.Tensor:
 
 
 def select_saliency(ctx: SelectContext) -> Selection:
-    return Selection(topk_indices(_saliency_scores(ctx), ctx.k).cpu())
+    return Selection(topk_indices(_saliency_scores(ctx), ctx.k, ctx.space.delta.abs()).cpu())
 
 
 def select_random(ctx: SelectContext) -> Selection:
@@ -128,8 +128,8 @@ def select_bias_only(ctx: SelectContext) -> Selection:
         raise MtgraftError("the model has no bias parameters in its graftable set (bias-only is undefined)")
     k = min(ctx.k, bias.numel())
     mags = ctx.space.delta[bias.to(ctx.space.device)].abs().cpu()
-    chosen = bias[torch.topk(mags, k, sorted=False).indices]
-    return Selection(torch.sort(chosen).values, {"capped_at_bias_count": k < ctx.k})
+    chosen = bias[topk_indices(mags, k)]  # bias indices ascend, so ties go to the lower flat index
+    return Selection(chosen, {"capped_at_bias_count": k < ctx.k})
 
 
 
@@ -176,16 +176,18 @@ def learn_graft(ctx: SelectContext) -> Selection:
     if ctx.train is None or len(ctx.train) == 0:
         raise MtgraftError("the learned graft needs training examples")
     dev = space.device
-    scores = base_scores(ctx)
-    base_idx = topk_indices(scores, k)
+    scores, mags = base_scores(ctx), space.delta.abs()
+    # base patch and candidates: the first k and the first m >= k of one selection order (so base ⊆ candidates)
+    base_idx = topk_indices(scores, k, mags)
     if cand_factor:
         m = min(space.numel, max(k, int(math.ceil(float(cand_factor) * k))))
-        cand = topk_indices(scores, m)
+        cand = topk_indices(scores, m, mags)
     else:
         cand = torch.arange(space.numel, device=dev)
     base_c = torch.zeros(cand.numel(), device=dev)
     base_c[torch.isin(cand, base_idx.to(dev))] = 1.0
     delta_c = space.delta[cand]
+    mags_c = delta_c.abs()
     gen = torch.Generator().manual_seed(ctx.seed)
     S = torch.rand(cand.numel(), generator=gen).to(dev)
     # a fixed subset of at most n_ex training examples, in mini-batches of bs
@@ -203,12 +205,10 @@ def learn_graft(ctx: SelectContext) -> Selection:
     def binarise(S_: torch.Tensor) -> torch.Tensor:
         g = gamma_of(S_)
         if budget == "strict":
-            # exactly k entries: the k largest gamma; ties broken towards larger |delta|
-            key = g + 1e-12 * (delta_c.abs() / (delta_c.abs().max() + 1e-30))
-            chosen = cand[torch.topk(key, min(k, cand.numel()), sorted=False).indices]
-        else:
-            chosen = cand[g >= 0.5]
-        return torch.sort(chosen).values
+            # exactly k entries, the first k in the selection order (gamma desc, |delta| desc, index asc);
+            # cand ascends, so positions in it order like flat indices and the result stays sorted
+            return cand[topk_indices(g, min(k, cand.numel()), mags_c)]
+        return cand[g >= 0.5]
 
     history: list[dict[str, Any]] = []
     st = ctx.state or {}

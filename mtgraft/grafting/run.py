@@ -115,7 +115,8 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
             reliability_diagram(regions.curves, tmp / diag_name, title=f"{spec.name}: reliability (10 equal-width bins)")
             summary = {"task": spec.name, "reference": ref.to_json(), "results": regions.results,
                        "graftable_size": inputs.space.numel, "head_params": inputs.head_params, "data": inputs.data,
-                       "learn_settings": inputs.settings, "provenance": provenance()}
+                       "learn_settings": inputs.settings, "finetuned": str(Path(cfg.finetuned).resolve()),
+                       "provenance": provenance()}
             write_json(tmp / "results.json", summary)
         # log (and register) only once every file is in its final place: a failed write leaves no registry entry
         for entry in regions.written:
@@ -378,13 +379,14 @@ def write_patch(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref
     space, spec = inputs.space, inputs.spec
     header = {
         "base_model": inputs.pre_name, "base_hash": space.base_hash, "graftable": space.graftable_list(),
-        "task": spec.name, "tasks_info": {spec.name: inputs.info.model_dump()},
+        "task": spec.name, "tasks_info": {spec.name: inputs.info.model_dump(exclude={"spec_file"})},
         "model_type": meta.model_type, "method": mname,
         "method_settings": inputs.settings if method.learned else {}, "sparsity_requested": sparsity,
         "seed": cfg.seed, "data": inputs.data,
         "metrics": {"test": metrics, "reference": ref.to_json()},
-        "finetuned": {"path": str(Path(cfg.finetuned).resolve()), "mlflow_run_id": meta.mlflow_run_id,
-                      "mode": meta.mode},
+        # no host path or time in the file (docs/skillpatch-format.md, "Reproducibility"): the checkpoint's
+        # folder is in results.json and the run's tag mtgraft.finetuned
+        "finetuned": {"hash": space.finetuned_hash, "mlflow_run_id": meta.mlflow_run_id, "mode": meta.mode},
     }
     patch = SkillPatch.from_flat_values(idx.numpy(), ref.theta_ft[idx.to(space.device)].cpu(), inputs.head, header)
     path = folder / f"{safe_name(spec.name)}-{mname}-s{sparsity:g}.skillpatch.safetensors"

@@ -7,6 +7,7 @@ is rebuilt or copied per update, and no parameter names are matched per step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class GraftSpace:
     delta: torch.Tensor  # [N]
     base_hash: str
     device: torch.device
+    finetuned_hash: str | None = None  # content_hash of the fine-tuned graftable tensors (identifies theta_ft)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # data-dependent scores, per space
 
     @property
@@ -49,7 +51,7 @@ class GraftSpace:
             if ft[n].shape != pre[n].shape:
                 raise MtgraftError(f"shape mismatch for {n}: fine-tuned {tuple(ft[n].shape)} vs pretrained "
                                    f"{tuple(pre[n].shape)}")
-        base_hash = pretrained.base_hash()
+        base_hash, ft_hash = pretrained.base_hash(), finetuned.base_hash()
         with torch.no_grad():
             pre_flat = torch.cat([pre[n].detach().reshape(-1).float() for n in names])
             ft_flat = torch.cat([ft[n].detach().reshape(-1).float() for n in names])
@@ -62,7 +64,8 @@ class GraftSpace:
         finetuned.eval()
         finetuned.to(device)
         return cls(finetuned, names, [tuple(ft[n].shape) for n in names], [ft[n].numel() for n in names],
-                   pre_flat.to(device), (ft_flat - pre_flat).to(device), base_hash, device)
+                   pre_flat.to(device), (ft_flat - pre_flat).to(device), base_hash, device,
+                   finetuned_hash=ft_hash)
 
     # -- parameters -----------------------------------------------------------------------------
     def params(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -123,9 +126,24 @@ def budget_k(sparsity: float, numel: int) -> int:
     return k
 
 
-def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Sorted flat indices of exactly ``k`` largest entries (global, not per tensor)."""
-    if k >= scores.numel():
-        return torch.arange(scores.numel(), device=scores.device)
-    idx = torch.topk(scores, k, sorted=False).indices
-    return torch.sort(idx).values
+def topk_indices(scores: torch.Tensor, k: int, tiebreak: torch.Tensor | None = None) -> torch.Tensor:
+    """Sorted flat indices of the first ``k`` entries in the selection order (global, not per tensor).
+
+    The selection order is one total order (docs/method.md §2, "Ties"): score descending, then ``tiebreak``
+    descending (|delta| where the callers have it), then flat index ascending; NaN counts as -inf. It is
+    computed exactly (comparisons only, no torch.topk choice among equal values), so the same scores give
+    the same entries on any device, and the first k entries of it are always inside the first m >= k:
+    the base patch is inside the candidate set.
+    """
+    n = scores.numel()
+    if k >= n:
+        return torch.arange(n, device=scores.device)
+    s = torch.nan_to_num(scores.detach().reshape(-1), nan=-math.inf)
+    cut = torch.topk(s, k, sorted=False).values.min()  # the k-th largest value: the same wherever it is computed
+    above = torch.nonzero(s > cut).reshape(-1)
+    tied = torch.nonzero(s == cut).reshape(-1)  # ascending flat index
+    need = k - above.numel()
+    if tiebreak is not None and tied.numel() > need:
+        t = torch.nan_to_num(tiebreak.detach().reshape(-1)[tied], nan=-math.inf)
+        tied = tied[torch.sort(-t, stable=True).indices]  # tiebreak descending; equal ones keep index order
+    return torch.sort(torch.cat([above, tied[:need]])).values

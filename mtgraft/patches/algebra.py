@@ -48,7 +48,7 @@ def _summary(p: SkillPatch) -> dict[str, Any]:
 def _derived_header(a: PatchHeader, method: str, settings: dict[str, Any], **updates: Any) -> dict[str, Any]:
     """Header of a patch derived from ``a``: same base and provenance, new method, no metrics."""
     data = a.model_dump()
-    for k in ("region_size", "sparsity", "head_params", "payload_hash", "created_at", "code_version"):
+    for k in ("region_size", "sparsity", "head_params", "payload_hash", "code_version"):
         data.pop(k, None)
     data.update(method=method, method_settings=settings, sparsity_requested=None, metrics={})
     data.update(updates)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,10 +14,6 @@ FORMAT = "mtgraft.skillpatch"
 FORMAT_VERSION = 1
 #: Key of the JSON header in the safetensors metadata.
 HEADER_KEY = "mtgraft_header"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,10 +64,18 @@ class PatchHeader(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     finetuned: dict[str, Any] = Field(default_factory=dict)
-    created_at: str = Field(default_factory=_now)
     code_version: dict[str, Any] = Field(default_factory=code_version)
     values_dtype: str = "float32"
     payload_hash: str | None = Field(None, description="content_hash of the stored tensors (set on save)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_wall_clock(cls, data: Any) -> Any:
+        # files before issue 13 carried a creation time; it is dropped on read so that the same inputs and
+        # seeds give byte-identical files (docs/skillpatch-format.md, "Reproducibility")
+        if isinstance(data, dict) and "created_at" in data:
+            data = {k: v for k, v in data.items() if k != "created_at"}
+        return data
 
     @field_validator("base_hash")
     @classmethod

@@ -91,14 +91,14 @@ def version_tags(header: Any, sha256: str, patch_file: str) -> dict[str, str]:
         "max_test": data.get("max_test"),
         "seed": h.seed,
         "finetune_run_id": fin.get("mlflow_run_id"),
-        "finetuned_path": fin.get("path"),
+        "finetuned_hash": fin.get("hash"),
+        "finetuned_path": fin.get("path"),  # patches before issue 13 only
         "test_accuracy": metric(h.metrics or {}, "accuracy", "acc"),
         "rel": metric(h.metrics or {}, "rel", "Rel"),
         "ece": metric(h.metrics or {}, "ece", "ECE"),
         "patch_sha256": sha256,
         "patch_file": patch_file,
         "payload_hash": h.payload_hash,
-        "created_at": h.created_at,
     }
     return {TAG + k: fmt(v) for k, v in values.items() if v is not None}
 

@@ -99,3 +99,24 @@ def test_draw_writes_a_png(mat, tmp_path):
     p = draw_graph(G, tmp_path / "g.png", title="t")
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert p.stat().st_size > 5000
+
+
+def test_graph_uses_the_reports_corrected_p_values():
+    # a-b share 5 of 40 each (chance 1.6: 3.1x, uncorrected p 0.019 < 0.05); over the 6 pairs of 4 tasks the
+    # Bonferroni-adjusted p is 0.11: the report calls the pair chance, so the graph has no a-b edge
+    from mtgraft.analysis.stats import ALPHA, pair_records
+
+    m = overlap_matrices({"a": np.arange(0, 40), "b": np.r_[0:5, 500:535], "c": np.arange(900, 940),
+                          "d": np.arange(700, 740)}, P)
+    ab = next(r for r in pair_records(m) if (r["a"], r["b"]) == ("a", "b"))
+    assert ab["p_value"] < ALPHA <= ab["p_adjusted"] and ab["enrichment"] >= 2.0 and ab["n_tests"] == 6
+    assert ab["verdict"] == "chance"
+    assert task_graph(m, min_enrichment=2.0).number_of_edges() == 0
+    assert task_graph(m, min_enrichment=2.0, max_p=1.0).number_of_edges() == 0  # a looser bound adds no edge
+    assert task_graph(m, min_enrichment=2.0, pairs=pair_records(m)).number_of_edges() == 0
+    # the same pair among two tasks only (one test) is beyond chance: an edge, carrying its adjusted p
+    m2 = overlap_matrices({"a": np.arange(0, 40), "b": np.r_[0:5, 500:535]}, P)
+    G = task_graph(m2, min_enrichment=2.0)
+    assert G.number_of_edges() == 1
+    assert G.edges["a", "b"]["p_adjusted"] == pytest.approx(G.edges["a", "b"]["p_value"])
+    assert G.edges["a", "b"]["n_tests"] == 1

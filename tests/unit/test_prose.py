@@ -136,10 +136,10 @@ def test_concentration_names_the_most_and_least_enriched_module():
 
 def test_graph_sentence_with_and_without_edges():
     gi = graph_info(2, (("a", "b"), ("c",)))
-    assert prose.graph_sentence(gi) == ("The task graph (edges: enrichment ≥ 2, p ≤ 0.05) has 2 edge(s); greedy "
-                                        "modularity groups the tasks as {a, b}; {c}.")
-    assert prose.graph_sentence(graph_info()) == ("No pair reaches enrichment ≥ 2 with p ≤ 0.05: the task graph has "
-                                                  "no edges.")
+    assert prose.graph_sentence(gi) == ("The task graph (edges: beyond chance, enrichment ≥ 2, adjusted p ≤ 0.05) "
+                                        "has 2 edge(s); greedy modularity groups the tasks as {a, b}; {c}.")
+    assert prose.graph_sentence(graph_info()) == ("No pair is beyond chance with enrichment ≥ 2 and adjusted p ≤ 0.05: "
+                                                  "the task graph has no edges.")
 
 
 def _transfer(se: float) -> dict:
