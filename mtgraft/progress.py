@@ -40,3 +40,10 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
             prog.update(tid, completed=completed, info=info)
 
         yield update
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr: what was skipped or changed, and why (nothing is skipped silently)."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)

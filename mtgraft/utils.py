@@ -266,7 +266,7 @@ def git_revision() -> str | None:
             cwd=here, capture_output=True, text=True, timeout=5,
         )
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError):  # fine: no git here (an installed package): recorded as null
         return None
 
 
@@ -278,7 +278,7 @@ def library_versions() -> dict[str, str]:
     for name in ["mtgraft", "torch", "transformers", "datasets", "mlflow", "numpy", "scikit-learn"]:
         try:
             out[name] = md.version(name)
-        except md.PackageNotFoundError:
+        except md.PackageNotFoundError:  # fine: an optional library not installed is left out of the record
             pass
     return out
 

@@ -55,7 +55,7 @@ def _domain(task: str) -> str | None:
 
     try:
         return get_task(task).domain
-    except MtgraftError:
+    except MtgraftError:  # fine: a task unknown here (a local task) only has no domain colour in the graph
         return None
 
 

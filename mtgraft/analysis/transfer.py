@@ -197,7 +197,11 @@ def transfer_analysis(
         if path not in ft_cache:
             try:
                 m, _ = load_checkpoint(path)
-            except MtgraftError:
+            except MtgraftError as e:
+                from mtgraft.progress import warn
+
+                warn(f"fine-tuned checkpoint {path} cannot be loaded ({e}): transfer rows of its patches have no "
+                     "fine-tuned reference")
                 ft_cache[path] = None
             else:
                 fp = dict(m.named_parameters())

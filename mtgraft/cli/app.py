@@ -7,8 +7,21 @@ import warnings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+#: Third-party libraries whose own Deprecation/FutureWarnings are noise to a user of the command (about their
+#: internals, e.g. mlflow's use of SQLAlchemy's ``noload``): hidden by module, nothing else.
+NOISY_MODULES = ("mlflow", "sqlalchemy", "alembic", "transformers", "huggingface_hub", "datasets", "torch")
+
+
+def install_warning_filters() -> None:
+    """Hide the known noisy third-party warnings only; mtgraft's own DeprecationWarnings are always shown
+    (Python hides DeprecationWarning outside ``__main__`` by default)."""
+    noisy = r"(" + "|".join(NOISY_MODULES) + r")(\.|$)"
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=noisy)
+    warnings.filterwarnings("default", category=DeprecationWarning, module=r"mtgraft(\.|$)")
+
+
+install_warning_filters()
 
 import typer  # noqa: E402
 

@@ -22,6 +22,7 @@ from mtgraft.models import (
     encode_examples,
     load_checkpoint,
     read_checkpoint_meta,
+    resolve_task,
 )
 from mtgraft.utils import ensure_writable_dir, resolve_device, write_json
 
@@ -62,36 +63,18 @@ def _meta_if_checkpoint(path: str | None) -> CheckpointMeta | None:
         return None
     try:
         return read_checkpoint_meta(path)
-    except MtgraftError:
+    except MtgraftError as e:
+        from mtgraft.progress import warn
+
+        warn(f"the recorded fine-tuned checkpoint is unreadable, going on without it: {e}")
         return None
-
-
-def recorded_task(name: str, meta: CheckpointMeta | None, what: str) -> Any:
-    """The task ``name`` that a checkpoint or patch recorded: a catalog task, else the local task YAML the
-    run recorded (multi-task ``task_sources``, or ``train_config.task``); one clear error if neither."""
-    from mtgraft.tasks import get_task
-    from mtgraft.tasks.catalog import CATALOG
-
-    if name in CATALOG:
-        return get_task(name)
-    candidates = []
-    if meta is not None:
-        candidates.append(((meta.model_extra or {}).get("task_sources") or {}).get(name))
-        candidates.append((meta.train_config or {}).get("task"))
-    for ref in candidates:
-        if isinstance(ref, str) and (ref in CATALOG or Path(ref).is_file()):
-            spec = get_task(ref)
-            if spec.name == name:
-                return spec
-    raise MtgraftError(f"{what} is for the local task '{name}', whose task YAML is not recorded or no longer "
-                       f"exists: give --task PATH.yaml")
 
 
 def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Accuracy, macro-F1, ECE (10 bins), Brier, agreement with the fine-tuned model, Rel, OOD."""
     from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
     from mtgraft.evaluation.predict import evaluate_probs, predict_probs
-    from mtgraft.tasks import compatible, get_task, make_splits
+    from mtgraft.tasks import compatible, make_splits
     from mtgraft.utils import default_out
 
     if bool(cfg.model) == bool(cfg.patch):
@@ -108,15 +91,17 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
         tasks_info = [TaskInfo(**{"name": n, **v}) for n, v in h.tasks_info.items()]
         ptasks = [t.name for t in tasks_info]
         ft_meta = _meta_if_checkpoint((h.finetuned or {}).get("path"))
-        spec = get_task(cfg.task) if cfg.task else recorded_task(ptasks[0], ft_meta, f"patch {cfg.patch}")
+        ref = cfg.task or ptasks[0]
+        spec = resolve_task(ref, ft_meta, f"patch {cfg.patch}", files=[h.tasks_info.get(ref, {}).get("spec_file")],
+                            known=ref in ptasks)
         if spec.name not in ptasks and (cfg.task or spec.name) not in ptasks:
             raise MtgraftError(f"patch {cfg.patch} is for task(s) {ptasks}, not '{spec.name}'")
     else:
         meta = read_checkpoint_meta(cfg.model)
-        spec = get_task(cfg.task) if cfg.task else recorded_task(meta.tasks[0].name, meta,
-                                                                 f"checkpoint {cfg.model}")
+        spec = resolve_task(cfg.task or meta.tasks[0].name, meta, f"checkpoint {cfg.model}")
         meta.task(spec.name)
-    ospecs = [get_task(other) for other in cfg.eval_tasks]
+    known = ft_meta if cfg.patch else meta
+    ospecs = [resolve_task(other, known) for other in cfg.eval_tasks]
     for ospec in ospecs:
         if not compatible(spec, ospec):
             raise MtgraftError(f"cannot evaluate '{spec.name}' on '{ospec.name}': label spaces differ "
@@ -125,7 +110,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     if cfg.patch:
         base = cfg.pretrained or h.base_model
         model = build_task_model(base, h.model_type, tasks_info)
-        patch.apply_to_model(model, model.base_hash())
+        patch.apply_to_model(model, patch.check_base(model, f"base model '{base}'"))
         pre_name = base
         data = dict(h.data)
         finetuned_path = finetuned_path or (h.finetuned or {}).get("path")

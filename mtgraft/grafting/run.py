@@ -29,11 +29,12 @@ from mtgraft.models import (
     encode_examples,
     load_checkpoint,
     read_checkpoint_meta,
+    resolve_task,
 )
 from mtgraft.patches import SkillPatch
 from mtgraft.progress import progress_bar
 from mtgraft.resume import ResumeState
-from mtgraft.tasks import TaskSpec, compatible, get_task, make_splits
+from mtgraft.tasks import TaskSpec, compatible, make_splits
 from mtgraft.tracking import Run, check_reachable, mlflow_run
 from mtgraft.utils import (
     atomic_dir,
@@ -170,9 +171,10 @@ class GraftInputs:
 def load_inputs(cfg: GraftConfig, task_name: str, meta: CheckpointMeta) -> GraftInputs:
     """Check what needs no model first (a mistake costs no model loading), then build the graft space and
     encode the task's splits and the OOD test sets."""
-    spec = get_task(task_name)
+    what = f"checkpoint {cfg.finetuned}"
+    spec = resolve_task(task_name, meta, what)  # a local task by its name: the YAML the checkpoint recorded
     info = meta.task(spec.name)
-    ospecs = [get_task(other) for other in cfg.eval_tasks]
+    ospecs = [resolve_task(other, meta, what) for other in cfg.eval_tasks]
     for ospec in ospecs:
         if not compatible(spec, ospec):
             raise MtgraftError(f"cannot evaluate '{spec.name}' on '{ospec.name}': label spaces differ "
@@ -378,7 +380,8 @@ def write_patch(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref
     """Save the region's SkillPatch (fine-tuned values at ``idx`` + the task head) in ``folder``."""
     space, spec = inputs.space, inputs.spec
     header = {
-        "base_model": inputs.pre_name, "base_hash": space.base_hash, "graftable": space.graftable_list(),
+        "base_model": inputs.pre_name, "base_hash": space.base_hash, "context_hash": space.context_hash,
+        "graftable": space.graftable_list(),
         "task": spec.name, "tasks_info": {spec.name: inputs.info.model_dump(exclude={"spec_file"})},
         "model_type": meta.model_type, "method": mname,
         "method_settings": inputs.settings if method.learned else {}, "sparsity_requested": sparsity,

@@ -31,6 +31,7 @@ class GraftSpace:
     delta: torch.Tensor  # [N]
     base_hash: str
     device: torch.device
+    context_hash: str | None = None  # the pretrained model's embeddings (and LM head): see TaskModel.context_hash
     finetuned_hash: str | None = None  # content_hash of the fine-tuned graftable tensors (identifies theta_ft)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # data-dependent scores, per space
 
@@ -65,7 +66,7 @@ class GraftSpace:
         finetuned.to(device)
         return cls(finetuned, names, [tuple(ft[n].shape) for n in names], [ft[n].numel() for n in names],
                    pre_flat.to(device), (ft_flat - pre_flat).to(device), base_hash, device,
-                   finetuned_hash=ft_hash)
+                   context_hash=pretrained.context_hash(), finetuned_hash=ft_hash)
 
     # -- parameters -----------------------------------------------------------------------------
     def params(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from mtgraft.models.checkpoint import (
     load_checkpoint,
     load_pretrained_like,
     read_checkpoint_meta,
+    resolve_task,
     save_checkpoint,
 )
 from mtgraft.models.encoding import Encoded, collate, encode_examples, model_inputs
@@ -37,5 +38,6 @@ __all__ = [
     "model_inputs",
     "read_checkpoint_meta",
     "resolve_model_path",
+    "resolve_task",
     "save_checkpoint",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,39 @@ def load_checkpoint(path: str | Path) -> tuple[TaskModel, CheckpointMeta]:
     model = TaskModel(backbone, meta.model_type, meta.tasks, tok,
                       pretrained_name=meta.pretrained.get("name", ""), heads=heads)
     return model, meta
+
+
+def resolve_task(ref: str, meta: CheckpointMeta | None = None, what: str = "the checkpoint",
+                 files: Iterable[str | None] = (), known: bool = False) -> Any:
+    """The TaskSpec of ``ref``: a catalog name or a task YAML path as given, else the name of a local task that a
+    checkpoint (``meta``) or a patch (``files``: its tasks' ``spec_file``) recorded with its task YAML.
+
+    ``known``: ``ref`` is a task of what the caller read (a patch's), so a name not found is a local task.
+    A task is known by its name wherever the checkpoint knows it (``mtgraft graft``/``eval --task mytask``
+    after ``mtgraft train --task path/to/mytask.yaml``). A local task the checkpoint knows whose YAML is gone
+    is one clear error; any other unknown name is the catalog's "unknown task …; did you mean" error.
+    """
+    from mtgraft.tasks import get_task
+    from mtgraft.tasks.catalog import CATALOG
+    from mtgraft.tasks.local import looks_like_path
+
+    if ref in CATALOG or looks_like_path(ref):
+        return get_task(ref)
+    candidates = list(files)
+    if meta is not None:
+        known = known or any(t.name == ref for t in meta.tasks)
+        candidates += [t.spec_file for t in meta.tasks if t.name == ref]
+        candidates.append(((meta.model_extra or {}).get("task_sources") or {}).get(ref))
+        candidates.append((meta.train_config or {}).get("task"))
+    for cand in candidates:
+        if isinstance(cand, str) and (cand in CATALOG or Path(cand).is_file()):
+            spec = get_task(cand)
+            if spec.name == ref:
+                return spec
+    if known or any(isinstance(c, str) for c in files):  # files: recorded for ``ref``
+        raise MtgraftError(f"{what} is for the local task '{ref}', whose task YAML is not recorded or no longer "
+                           f"exists: give --task PATH.yaml")
+    return get_task(ref)
 
 
 def load_pretrained_like(meta: CheckpointMeta, pretrained: str | None = None) -> TaskModel:

@@ -31,7 +31,7 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     try:
         hf_logging.disable_progress_bar()
-    except AttributeError:  # pragma: no cover
+    except AttributeError:  # pragma: no cover  (fine: an older transformers without it shows no bars anyway)
         pass
 
 

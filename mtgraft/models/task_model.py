@@ -135,6 +135,19 @@ class TaskModel(nn.Module):
         params = dict(self.named_parameters())
         return content_hash((n, params[n]) for n in self.graftable_names())
 
+    def context_names(self) -> list[str]:
+        """Backbone tensors outside the graftable set that the forward pass uses: the embeddings, and for
+        ``prompt``/``causal`` the LM head (a ``head`` model's pooler is never used). A patch's effect depends
+        on them as much as on the graftable body."""
+        skip = set(self.graftable_names()) | (set(self.lm_head_param_names()) if self.model_type == "head" else set())
+        return [n for n, _ in self.named_parameters() if n.startswith("backbone.") and n not in skip]
+
+    def context_hash(self) -> str:
+        """Content hash of :meth:`context_names` (recorded in a patch next to the base hash, which it leaves
+        unchanged: registry names depend on the base hash)."""
+        params = dict(self.named_parameters())
+        return content_hash((n, params[n]) for n in self.context_names())
+
     # -- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str,
                 token_type_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:

@@ -33,6 +33,11 @@ def check_same_base(patches: Sequence[SkillPatch]) -> None:
             raise MtgraftError(
                 f"patches were made for different base models ({ref.base_model} {short_hash(ref.base_hash)} "
                 f"vs {h.base_model} {short_hash(h.base_hash)}); set algebra needs patches of the same base")
+        if None not in (h.context_hash, ref.context_hash) and h.context_hash != ref.context_hash:
+            raise MtgraftError(
+                f"patches share a base body but were made with other embeddings/LM head ({ref.base_model} "
+                f"{short_hash(ref.context_hash)} vs {h.base_model} {short_hash(h.context_hash)}); set algebra "
+                "needs patches of the same base")
         if [(n, list(s)) for n, s in h.graftable] != [(n, list(s)) for n, s in ref.graftable]:
             raise MtgraftError("patches share a base hash but list different graftable tensors; "
                                "set algebra needs the same graftable set")

@@ -11,7 +11,6 @@ from typing import Any
 
 from mtgraft.errors import MtgraftError
 from mtgraft.patches.algebra import OVERLAP_POLICIES, check_same_base, stitch
-from mtgraft.patches.header import short_hash
 
 
 def apply_patches(patches: list[Any], base_model: str | None, out_dir: str | os.PathLike,
@@ -70,14 +69,9 @@ def apply_patches(patches: list[Any], base_model: str | None, out_dir: str | os.
     if model.model_type != h0.model_type:
         raise MtgraftError(f"the patches are for a '{h0.model_type}' model, '{target}' is a "
                            f"'{model.model_type}' model")
+    # layout, base hash and (when recorded) context hash: the patches share one base (check_same_base)
+    model_hash = patches[0].check_base(model, f"base model '{target}'")
     names = model.graftable_names()
-    if names != [n for n, _ in h0.graftable]:
-        raise MtgraftError(f"'{target}' has a different graftable set than the patches' base {h0.base_model} "
-                           f"({len(names)} vs {len(h0.graftable)} tensors)")
-    model_hash = model.base_hash()
-    if model_hash != h0.base_hash:
-        raise MtgraftError(f"base model '{target}' has content hash {short_hash(model_hash)}, but the patches "
-                           f"were made for {h0.base_model} ({short_hash(h0.base_hash)}) — refusing to apply")
 
     if len(patches) > 1 and overlap == "sum":  # base + sum of the deltas: needs the base's tensors
         params = dict(model.named_parameters())

@@ -47,6 +47,9 @@ class PatchHeader(BaseModel):
     format_version: int = FORMAT_VERSION
     base_model: str = Field(description="base (pretrained) model name or path, as given")
     base_hash: str = Field(description="content_hash of the base model's graftable tensors, canonical order")
+    context_hash: str | None = Field(
+        None, description="content_hash of the base's other tensors the forward pass uses (embeddings; the LM "
+                          "head of prompt/causal models); checked on apply when present (older patches lack it)")
     graftable: list[tuple[str, list[int]]] = Field(
         description="[name, shape] of every graftable tensor, canonical order: the global flat index space")
     graftable_size: int = Field(0, ge=0, description="total entries of the graftable tensors")
@@ -77,10 +80,10 @@ class PatchHeader(BaseModel):
             data = {k: v for k, v in data.items() if k != "created_at"}
         return data
 
-    @field_validator("base_hash")
+    @field_validator("base_hash", "context_hash")
     @classmethod
-    def _hash(cls, v: str) -> str:
-        if ":" not in v or not v.split(":", 1)[1]:
+    def _hash(cls, v: str | None) -> str | None:
+        if v is not None and (":" not in v or not v.split(":", 1)[1]):
             raise ValueError("must look like 'sha256:<hex>'")
         return v
 

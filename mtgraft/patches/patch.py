@@ -20,6 +20,9 @@ from mtgraft.utils import atomic_file, content_hash
 
 IDX, VAL, HEAD = "idx/", "val/", "head/"
 _INDEX_DTYPES = (torch.int32, torch.int64)
+#: Largest safetensors header (tensor index + JSON header) a SkillPatch may have. A real one is ~20 kB for
+#: MiniLM (about 350 bytes per graftable tensor): 4 MiB is ~12,000 tensors. A larger one is refused unread.
+MAX_HEADER_BYTES = 4 * 1024 * 1024
 
 
 def index_dtype(numel: int) -> torch.dtype:
@@ -58,7 +61,9 @@ class SkillPatch:
                 raise MtgraftError(f"SkillPatch: tensor '{name}' has indices but no values")
             if idx.numel() == 0:
                 continue
-            self.indices[name] = idx.detach().to("cpu", index_dtype(math.prod(shapes[name]))).reshape(-1)
+            idx64 = idx.detach().to("cpu", torch.long).reshape(-1)
+            _check_indices(name, idx64, shapes[name])  # before the cast: a huge int64 must not wrap into range
+            self.indices[name] = idx64.to(index_dtype(math.prod(shapes[name])))
             self.values[name] = val.detach().to("cpu").reshape(-1)
         extra = (set(indices) | set(values)) - set(shapes)
         if extra:
@@ -67,7 +72,10 @@ class SkillPatch:
         clash = set(self.head) & set(shapes)
         if clash:
             raise MtgraftError(f"SkillPatch: head tensor '{sorted(clash)[0]}' is also a graftable tensor")
-        self._check_region(hdr)
+        for name, idx in self.indices.items():
+            if idx.numel() != self.values[name].numel():
+                raise MtgraftError(f"SkillPatch: '{name}' has {idx.numel()} indices but "
+                                   f"{self.values[name].numel()} values")
         dtypes = {v.dtype for v in self.values.values()}
         if len(dtypes) > 1:
             raise MtgraftError(f"SkillPatch: values have mixed dtypes {sorted(map(_dtype_name, dtypes))}")
@@ -213,8 +221,38 @@ class SkillPatch:
 
     def apply_to_model(self, model: torch.nn.Module, base_hash: str | None = None, *,
                        check_hash: bool = True) -> None:
-        """Graft in place into ``model``'s parameters (by ``named_parameters()`` names)."""
+        """Graft in place into ``model``'s parameters (by ``named_parameters()`` names). A TaskModel is
+        checked with :meth:`check_base` (layout, base hash, context hash) unless ``base_hash`` is given."""
+        if check_hash and base_hash is None and hasattr(model, "context_hash"):
+            base_hash = self.check_base(model)
         self.apply_to_state(dict(model.named_parameters()), base_hash, check_hash=check_hash)
+
+    def check_base(self, model: Any, what: str | None = None) -> str:
+        """Refuse a base ``model`` (a TaskModel) this patch was not made for; return its base hash.
+
+        Checked in turn: the graftable layout (names and shapes, in order), the base hash of the graftable
+        tensors, and — when the header records one (patches from before it have none) — the context hash of
+        the other tensors the forward pass uses (embeddings; the LM head of prompt/causal models).
+        """
+        h, what = self.header, what or f"base model '{getattr(model, 'pretrained_name', '') or '?'}'"
+        params = dict(model.named_parameters())
+        mine = [(n, tuple(params[n].shape)) for n in model.graftable_names()]
+        theirs = [(n, tuple(s)) for n, s in h.graftable]
+        if mine != theirs:
+            raise MtgraftError(f"{what} has another graftable layout than the patch's base {h.base_model}: "
+                               + _layout_difference(mine, theirs))
+        got = model.base_hash()
+        if got != h.base_hash:
+            raise MtgraftError(f"{what} has content hash {short_hash(got)}, but the patches were made for "
+                               f"{h.base_model} ({short_hash(h.base_hash)}) — refusing to apply")
+        if h.context_hash is not None:
+            ctx = model.context_hash()
+            if ctx != h.context_hash:
+                part = "embeddings" if h.model_type == "head" else "embeddings or LM head"
+                raise MtgraftError(f"{what} has the patches' body but other {part} (context hash "
+                                   f"{short_hash(ctx)}, the patches need {short_hash(h.context_hash)}) — "
+                                   "refusing to apply")
+        return got
 
     # ------------------------------------------------------------------ files
 
@@ -249,6 +287,7 @@ class SkillPatch:
             raise MtgraftError(f"patch file '{path}' does not exist")
         if path.is_dir():
             raise MtgraftError(f"'{path}' is a folder, not a SkillPatch file")
+        _check_header_size(path)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -303,6 +342,12 @@ class SkillPatch:
             if idx.numel() != val.numel():
                 raise MtgraftError(f"'{path}': idx/{name} has {idx.numel()} entries but val/{name} "
                                    f"has {val.numel()}")
+        for key in sorted(tensors):
+            t = tensors[key]
+            if not key.startswith(IDX) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise MtgraftError(f"'{path}': {key} holds {bad} non-finite value(s) (NaN or inf); "
+                                   "grafting them would break the model")
         try:
             patch = cls(hdr, indices, values, head)
         except MtgraftError as e:
@@ -313,20 +358,25 @@ class SkillPatch:
         patch.header = make_header(patch.header, payload_hash=hdr.payload_hash)
         return patch
 
-    # ------------------------------------------------------------------ internals
 
-    def _check_region(self, hdr: PatchHeader) -> None:
-        shapes = hdr.shapes()
-        for name, idx in self.indices.items():
-            val = self.values[name]
-            if idx.numel() != val.numel():
-                raise MtgraftError(f"SkillPatch: '{name}' has {idx.numel()} indices but {val.numel()} values")
-            n = math.prod(shapes[name])
-            if int(idx.min()) < 0 or int(idx.max()) >= n:
-                raise MtgraftError(f"SkillPatch: index out of range for '{name}' of shape "
-                                   f"{_fmt_shape(shapes[name])} ({n} entries)")
-            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
-                raise MtgraftError(f"SkillPatch: indices of '{name}' are not sorted and unique")
+def _check_indices(name: str, idx: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Flat indices (int64, 1-D) of tensor ``name``: in range, strictly increasing; one clear error otherwise."""
+    n = math.prod(shape)
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0:
+        raise MtgraftError(f"SkillPatch: '{name}' has a negative index ({lo})")
+    if hi >= n:
+        raise MtgraftError(f"SkillPatch: index {hi} is out of range for '{name}' of shape {_fmt_shape(shape)} "
+                           f"({n} entries)")
+    if idx.numel() > 1:
+        step = idx[1:] - idx[:-1]
+        if bool((step < 0).any()):
+            at = int(torch.nonzero(step < 0)[0])
+            raise MtgraftError(f"SkillPatch: indices of '{name}' are not sorted (position {at + 1}: "
+                               f"{int(idx[at + 1])} after {int(idx[at])})")
+        if bool((step == 0).any()):
+            at = int(torch.nonzero(step == 0)[0])
+            raise MtgraftError(f"SkillPatch: indices of '{name}' repeat entry {int(idx[at])}")
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -361,6 +411,27 @@ def _gather(finetuned: Mapping[str, torch.Tensor], name: str, shape: tuple[int, 
         raise MtgraftError(f"fine-tuned tensor '{name}' has shape {_fmt_shape(t.shape)}, "
                            f"expected {_fmt_shape(shape)}")
     return t.reshape(-1)[idx.to(t.device, torch.long)].to("cpu").clone()
+
+
+def _layout_difference(mine: list[tuple[str, tuple[int, ...]]], theirs: list[tuple[str, tuple[int, ...]]]) -> str:
+    """The first difference between a model's graftable (name, shape) list and a patch's, in words."""
+    for (n1, s1), (n2, s2) in zip(mine, theirs, strict=False):
+        if n1 != n2:
+            return f"tensor '{n2}' in the patch where the model has '{n1}'"
+        if s1 != s2:
+            return f"'{n1}' has shape {_fmt_shape(s2)} in the patch but {_fmt_shape(s1)} in the model"
+    return f"{len(theirs)} graftable tensors in the patch, {len(mine)} in the model"
+
+
+def _check_header_size(path: Path) -> None:
+    """Refuse a file whose safetensors header is larger than :data:`MAX_HEADER_BYTES`, before parsing it."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) == 8:  # a shorter file, or one shorter than its declared header, is refused by the reader
+        n = int.from_bytes(head, "little")
+        if MAX_HEADER_BYTES < n <= path.stat().st_size - 8:
+            raise MtgraftError(f"'{path}' declares a {n / 2**20:.1f} MiB header, more than a SkillPatch header may "
+                               f"have ({MAX_HEADER_BYTES // 2**20} MiB) — refusing to read it")
 
 
 def _check_target(state: Mapping[str, torch.Tensor], name: str, shape: tuple[int, ...], what: str) -> None:

@@ -222,7 +222,7 @@ def _write_cache(spec: TaskSpec, pool: Pool) -> None:
         json.dump(_stats(spec, train, test), f)
     for old in data_path.parent.glob(f"{spec.name}-*.json"):  # caches of earlier versions of this spec
         if old not in (data_path, meta_path) and old.name[len(spec.name) + 1:].split(".")[0].isalnum():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # fine: a stale cache file that cannot be removed only takes space
                 old.unlink()
 
 
@@ -240,8 +240,12 @@ def _read_cache(spec: TaskSpec) -> Pool | None:
             return None if xs is None else [Example(t, b, int(y)) for t, b, y in xs]
 
         return dec(data["train"]) or [], dec(data["test"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # a damaged cache is rebuilt
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        from mtgraft.progress import warn
+
+        warn(f"the cached data of task '{spec.name}' ({data_path}) is damaged ({type(e).__name__}); "
+             "rebuilding it from the source")
+        return None
 
 
 def cached_stats(task: str | TaskSpec) -> dict[str, Any] | None:
@@ -252,7 +256,13 @@ def cached_stats(task: str | TaskSpec) -> dict[str, Any] | None:
     _, meta = _cache_paths(spec)
     try:
         return json.loads(meta.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:  # not cached: nothing to show
+        return None
+    except (OSError, ValueError) as e:
+        from mtgraft.progress import warn
+
+        warn(f"cannot read the cached sizes of task '{spec.name}' ({meta}: {type(e).__name__}); "
+             f"'mtgraft data fetch {spec.name}' rewrites them")
         return None
 
 

@@ -15,7 +15,7 @@ from mtgraft.tasks.spec import PAIR_TEMPLATE, SENTIMENT_TEMPLATE, LocalSource, T
 ALLOWED_KEYS = {
     "name", "description", "train", "test", "format", "text_column", "text_b_column", "text_columns",
     "label_column", "labels", "label_words", "template", "domain", "license_note", "test_fraction",
-    "max_chars", "notes",
+    "max_chars", "notes", "empty_labels",
 }
 _EXT_FORMAT = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -36,6 +36,12 @@ def _format_of(path: str, given: str | None, yaml_path: Path) -> str:
         raise MtgraftError(
             f"task file {yaml_path}: cannot tell the format of '{path}' from its extension: set format: csv|tsv|jsonl")
     return _EXT_FORMAT[ext]
+
+
+def _empty_labels(value: Any, yaml_path: Path) -> str:
+    if value not in ("error", "drop"):
+        raise MtgraftError(f"task file {yaml_path}: empty_labels must be 'error' or 'drop', not {value!r}")
+    return str(value)
 
 
 def load_local_task(path: str | Path) -> TaskSpec:
@@ -79,14 +85,15 @@ def load_local_task(path: str | Path) -> TaskSpec:
     source = LocalSource(train=str(files["train"]), test=str(files["test"]) if "test" in files else None,
                          format=fmt, text_column=str(text_col),
                          text_b_column=None if text_b_col is None else str(text_b_col),
-                         label_column=str(data.get("label_column", "label")))
+                         label_column=str(data.get("label_column", "label")),
+                         empty_labels=_empty_labels(data.get("empty_labels", "error"), p))
     pair = source.text_b_column is not None
 
     labels = data.get("labels")
     if labels is None:
         from mtgraft.tasks.sources import local_table_rows
 
-        seen = {r[2] for f in files.values() for r in local_table_rows(source, f)}
+        seen = {r[2] for f in files.values() for r in local_table_rows(source, f, report=False)}
         labels = sorted(seen)
         if len(labels) < 2:
             raise MtgraftError(f"task file {p}: the data has {len(labels)} distinct label(s); a task needs at least 2")

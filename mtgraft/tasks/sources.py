@@ -275,7 +275,7 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 ok.append(True)
-        except OSError:
+        except OSError:  # fine: no answer is the result (the caller reports the hub as unreachable)
             pass
 
     t = threading.Thread(target=probe, daemon=True)
@@ -376,23 +376,37 @@ def _label_str(v: object) -> str:
     return str(v).strip()
 
 
-def local_table_rows(src: LocalSource, path: Path) -> Rows:
-    """Rows ``(text, text_b, label-as-string)`` of one local file, checking the columns exist."""
+def local_table_rows(src: LocalSource, path: Path, report: bool = True) -> Rows:
+    """Rows ``(text, text_b, label-as-string)`` of one local file, checking the columns exist.
+
+    Rows with an empty label cell (or a jsonl row without the label key, or null) are refused, or dropped with
+    a warning line when the task YAML says ``empty_labels: drop`` (``report=False``: dropped without it, for a
+    second read of the same file). A missing text is read as empty (then filtered with the empty texts).
+    """
     cols, recs = _read_table(path, src.format)
     needed = [c for c in (src.text_column, src.text_b_column, src.label_column) if c]
     missing = [c for c in needed if c not in cols]
     if missing:
         raise MtgraftError(f"{path}: missing column(s) {missing} (columns: {cols})")
     out: Rows = []
-    for r in recs:
-        if any(c not in r for c in needed):  # jsonl row without a key
+    empty: list[int] = []
+    for i, r in enumerate(recs, 1):
+        y = r.get(src.label_column)
+        if y is None or _label_str(y) == "":
+            empty.append(i)
             continue
-        t = r[src.text_column]
-        b = r[src.text_b_column] if src.text_b_column else None
-        y = r[src.label_column]
-        if t is None or y is None:
-            continue
-        out.append((str(t), None if b is None else str(b), _label_str(y)))
+        t = r.get(src.text_column)
+        b = r.get(src.text_b_column) if src.text_b_column else None
+        out.append(("" if t is None else str(t), None if b is None else str(b), _label_str(y)))
+    if empty:
+        what = (f"{path}: {len(empty)} of {len(recs)} row(s) have an empty label in column '{src.label_column}' "
+                f"(first: data row {empty[0]})")
+        if src.empty_labels == "error":
+            raise MtgraftError(f"{what}; fill them in, or set 'empty_labels: drop' in the task YAML")
+        if report:
+            from mtgraft.progress import warn
+
+            warn(f"{what}: dropped them (empty_labels: drop)")
     return out
 
 

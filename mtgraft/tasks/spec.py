@@ -93,6 +93,7 @@ class LocalSource(_Strict):
     text_column: str = "text"
     text_b_column: str | None = None
     label_column: str = "label"
+    empty_labels: Literal["error", "drop"] = "error"  # rows whose label cell is empty: refuse the task, or drop them
 
     @property
     def display(self) -> str:

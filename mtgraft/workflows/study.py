@@ -122,6 +122,9 @@ class Study:
             try:
                 self.state = json.loads(self.state_path.read_text())
             except ValueError:
+                from mtgraft.progress import warn
+
+                warn(f"the study's state file {self.state_path} is damaged: every stage runs again")
                 self.state = {}
         self.show = show_progress
         self.log = log or (lambda msg: None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
 import re
@@ -68,6 +69,61 @@ def _local_task(folder: Path, name: str, rows: str, labels: str = "[negative, po
     return str(y)
 
 
+def hostile_patch(src: str, dst: Path, edit: Callable[[dict[str, Any], dict[str, Any]], None]) -> str:
+    """A copy of the SkillPatch ``src`` with ``edit(tensors, header)`` applied and a matching payload hash: what
+    a hostile (or badly written) file looks like past the checks a corrupt file fails."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mtgraft.patches.header import HEADER_KEY
+    from mtgraft.utils import content_hash
+
+    with safe_open(src, framework="pt") as f:
+        header = json.loads(f.metadata()[HEADER_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    edit(tensors, header)
+    header["payload_hash"] = content_hash(sorted(tensors.items()))
+    save_file(tensors, str(dst), metadata={HEADER_KEY: json.dumps(header)})
+    return str(dst)
+
+
+def _largest_idx(tensors: dict[str, Any]) -> str:
+    """The ``idx/`` key with the most entries (a tensor of the region with at least two)."""
+    return max((k for k in tensors if k.startswith("idx/")), key=lambda k: tensors[k].numel())
+
+
+def _idx_edit(how: str) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    def edit(tensors: dict[str, Any], header: dict[str, Any]) -> None:
+        key = _largest_idx(tensors)
+        idx = tensors[key]
+        if how == "out_of_range":
+            idx[-1] = math.prod(dict(header["graftable"])[key[4:]]) + 7
+        elif how == "negative":
+            idx[0] = -1
+        elif how == "repeated":
+            idx[1] = idx[0]
+        elif how == "unsorted":
+            idx[0], idx[1] = int(idx[1]), int(idx[0])
+        elif how == "nan":
+            tensors["val/" + key[4:]][0] = float("nan")
+        elif how == "huge_header":
+            header["padding"] = "x" * (6 * 2**20)
+    return edit
+
+
+def _emb_changed_model(model: str, out: Path) -> str:
+    """A copy of the tiny model whose word embeddings differ while the body (graftable tensors) is the same."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    shutil.copytree(model, out)
+    m = AutoModelForMaskedLM.from_pretrained(model)
+    with torch.no_grad():
+        m.get_input_embeddings().weight.add_(0.01)
+    m.save_pretrained(out)
+    return str(out)
+
+
 def build_env(root: Path, mlflow_db: Path | None = None) -> Env:
     """Build every input of the rows under ``root`` (a few seconds: tiny models, one 1-update graft).
 
@@ -110,6 +166,8 @@ def build_env(root: Path, mlflow_db: Path | None = None) -> Env:
     files["bad_jsonl"] = _local_task(tasks_dir, "bad_jsonl", '{"text": "fine", "label": "positive"}\n{"text": "oops\n',
                                      ext="jsonl")
     files["outside_labels"] = _local_task(tasks_dir, "outside_labels", good_rows + '"It was fine.",neutral\n')
+    files["empty_labels"] = _local_task(tasks_dir, "empty_labels", good_rows + '"A row without label.",\n'
+                                        '"Another one.",  \n')
     files["empty_task"] = _local_task(tasks_dir, "empty_task", "text,label\n" + '"   ",positive\n' * 4
                                       + '" ",negative\n' * 4)
     # a truncated checkpoint (its weights file cut in half) and a truncated patch
@@ -129,6 +187,16 @@ def build_env(root: Path, mlflow_db: Path | None = None) -> Env:
     junk = root / "random.safetensors"
     junk.write_bytes(random.Random(0).randbytes(4096))  # seeded: the same message every run
     files["random_bytes"] = str(junk)
+    for how in ("out_of_range", "negative", "repeated", "unsorted", "nan", "huge_header"):
+        files[f"patch_{how}"] = hostile_patch(patch, root / f"hostile_{how}.skillpatch.safetensors", _idx_edit(how))
+    files["wide_model"] = make_tiny_model("head", root / "tiny_wide", seed=3, hidden=48)
+    files["emb_model"] = _emb_changed_model(model, root / "tiny_emb")
+    gone = root / "ck_yaml_gone"  # a checkpoint whose recorded task YAML no longer exists
+    shutil.copytree(ck, gone)
+    meta = json.loads((gone / "mtgraft.json").read_text())
+    meta["tasks"][0]["spec_file"] = str(root / "moved" / "example_local.yaml")
+    (gone / "mtgraft.json").write_text(json.dumps(meta))
+    files["ck_yaml_gone"] = str(gone)
     blocker = root / "a_file.txt"
     blocker.write_text("not a folder\n")
     files["blocker"] = str(blocker)
@@ -240,6 +308,11 @@ CASES: list[Case] = [
     Case("train-labels-outside", "train", "data rows with labels outside the task's declared `labels`",
          lambda e: _train(e, "train-labels-outside", "--task", e.files["outside_labels"]),
          r"1 row\(s\) have labels outside the declared labels \['negative', 'positive'\]: 'neutral'"),
+    Case("train-empty-labels", "train", "a local task whose label column has empty cells (`empty_labels: error`, "
+         "the default)",
+         lambda e: _train(e, "train-empty-labels", "--task", e.files["empty_labels"]),
+         r"empty_labels\.csv: 2 of \d+ row\(s\) have an empty label in column 'label' \(first: data row \d+\); "
+         r"fill them in, or set 'empty_labels: drop' in the task YAML"),
     Case("train-empty-task", "train", "a task with no examples left after filtering (empty texts)",
          lambda e: _train(e, "train-empty-task", "--task", e.files["empty_task"]),
          r"task 'empty_task' has no training examples after filtering"),
@@ -328,10 +401,10 @@ CASES: list[Case] = [
     Case("eval-patch-wrong-task", "eval", "a patch evaluated on a task it was not grafted for",
          lambda e: ["eval", "--patch", e.patch, "--task", e.topic, "--out", str(e.out("eval-patch-wrong-task"))],
          r"is for task\(s\) \['example_local'\], not 'tiny_topic'"),
-    Case("eval-local-task-unrecorded", "eval", "a checkpoint of a local task whose YAML it does not record, "
-         "without `--task`",
-         lambda e: ["eval", "--model", e.ck, "--out", str(e.out("eval-local-task-unrecorded"))],
-         r"checkpoint .*ck is for the local task 'example_local', whose task YAML is not recorded or no longer "
+    Case("eval-local-task-unrecorded", "eval", "a checkpoint of a local task whose recorded task YAML no longer "
+         "exists, without `--task`",
+         lambda e: ["eval", "--model", e.files["ck_yaml_gone"], "--out", str(e.out("eval-local-task-unrecorded"))],
+         r"checkpoint .*ck_yaml_gone is for the local task 'example_local', whose task YAML is not recorded or no longer "
          r"exists: give --task PATH\.yaml"),
     # --- patch -------------------------------------------------------------------------------------------
     Case("patch-apply-other-base", "patch apply", "a patch applied to another base model",
@@ -347,6 +420,36 @@ CASES: list[Case] = [
          lambda e: ["patch", "apply", e.patch, "--out", str(e.out("patch-apply-disk-full"))],
          r"cannot write '.*patch-apply-disk-full': No space left on device",
          setup=lambda e, mp: disk_full(mp, "mtgraft.models.checkpoint.save_file"), late=True),
+    Case("patch-apply-index-out-of-range", "patch apply", "a SkillPatch with an index past the end of its tensor",
+         lambda e: ["patch", "apply", e.files["patch_out_of_range"], "--out", str(e.out("patch-apply-index-out-of-range"))],
+         r"index \d+ is out of range for '[\w.]+' of shape \(\d+(, \d+)*\) \(\d+ entries\)"),
+    Case("patch-apply-negative-index", "patch apply", "a SkillPatch with a negative index",
+         lambda e: ["patch", "apply", e.files["patch_negative"], "--out", str(e.out("patch-apply-negative-index"))],
+         r"SkillPatch: '[\w.]+' has a negative index \(-1\)"),
+    Case("patch-apply-repeated-index", "patch apply", "a SkillPatch that lists an entry twice",
+         lambda e: ["patch", "apply", e.files["patch_repeated"], "--out", str(e.out("patch-apply-repeated-index"))],
+         r"SkillPatch: indices of '[\w.]+' repeat entry \d+"),
+    Case("patch-apply-unsorted-index", "patch apply", "a SkillPatch whose indices are not in increasing order",
+         lambda e: ["patch", "apply", e.files["patch_unsorted"], "--out", str(e.out("patch-apply-unsorted-index"))],
+         r"SkillPatch: indices of '[\w.]+' are not sorted \(position 1: \d+ after \d+\)"),
+    Case("patch-apply-nan-values", "patch apply", "a SkillPatch whose values hold NaN",
+         lambda e: ["patch", "apply", e.files["patch_nan"], "--out", str(e.out("patch-apply-nan-values"))],
+         r"val/[\w.]+ holds 1 non-finite value\(s\) \(NaN or inf\)"),
+    Case("patch-apply-huge-header", "patch apply", "a SkillPatch whose header is several MB",
+         lambda e: ["patch", "apply", e.files["patch_huge_header"], "--out", str(e.out("patch-apply-huge-header"))],
+         r"declares a 6\.\d MiB header, more than a SkillPatch header may have \(4 MiB\) — refusing to read it"),
+    Case("patch-apply-other-layout", "patch apply", "a SkillPatch applied to a base of another graftable layout "
+         "(same tensor names, other shapes)",
+         lambda e: ["patch", "apply", e.patch, "--to", e.files["wide_model"], "--out",
+                    str(e.out("patch-apply-other-layout"))],
+         r"base model '.*tiny_wide' has another graftable layout than the patch's base .*tiny: '[\w.]+' has shape "
+         r"\(\d+(, \d+)*\) in the patch but \(\d+(, \d+)*\) in the model", needs_model=True),
+    Case("patch-apply-other-embeddings", "patch apply", "a SkillPatch applied to a base with the same body but "
+         "other embeddings",
+         lambda e: ["patch", "apply", e.patch, "--to", e.files["emb_model"], "--out",
+                    str(e.out("patch-apply-other-embeddings"))],
+         r"base model '.*tiny_emb' has the patches' body but other embeddings \(context hash sha256:\w+…, the "
+         r"patches need sha256:\w+…\) — refusing to apply", needs_model=True),
     Case("patch-stitch-one", "patch stitch", "stitching a single patch",
          lambda e: ["patch", "stitch", e.patch, "--out", str(e.out("patch-stitch-one"))],
          r"stitch needs at least two patches"),

@@ -136,6 +136,13 @@ def test_local_pair_task_in_jsonl_and_tsv(tmp_path: Path) -> None:
         ({"t.csv": "text,label\na,x\nb,x\n"}, "train: t.csv\n", "1 distinct label"),
         ({"t.csv": "text,label\na,x\nb,y\n"}, "- just\n- a list\n", "must hold a mapping"),
         ({"t.csv": "text,label\na,x\nb,y\n"}, "train: [unclosed\n", "not valid YAML"),
+        ({"t.csv": "text,label\na,x\nb,\nc,y\nd, \n"}, "train: t.csv\n",
+         "2 of 4 row(s) have an empty label in column 'label' (first: data row 2); fill them in, or set "
+         "'empty_labels: drop'"),
+        ({"t.jsonl": '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n{"text": "c"}\n'},
+         "train: t.jsonl\nlabels: [x, y]\n", "2 of 3 row(s) have an empty label"),
+        ({"t.csv": "text,label\na,x\nb,y\n"}, "train: t.csv\nempty_labels: skip\n",
+         "empty_labels must be 'error' or 'drop', not 'skip'"),
     ],
 )
 def test_local_task_errors(tmp_path: Path, files: dict[str, str], yaml_body: str | None, needle: str) -> None:
@@ -491,3 +498,19 @@ def test_catalog_yaml_is_well_formed() -> None:
             assert t.source.type == "hub" and t.source.text_fields == t.text_fields
     with pytest.raises(ValueError, match="unknown constant"):
         catalog._resolve({"template": "$SENTIMENT_TEMPLAT"})
+
+
+def test_empty_labels_drop_drops_them_with_one_warning_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``empty_labels: drop``: rows with an empty label are dropped (not a class ''), and one warning line
+    says how many (the label-inferring read of the same file does not repeat it)."""
+    rows = balanced_rows(10) + [("no label here", ""), ("nor here", "  ")]
+    write_csv(tmp_path / "t.csv", rows)
+    spec = get_task(str(write_task(tmp_path, "name: dropper\ntrain: t.csv\nempty_labels: drop\n")))
+    assert spec.labels == ["neg", "pos"]
+    train, _ = load_examples(spec)
+    texts = {e.text for e in train} | {e.text for e in (load_examples(spec)[1] or [])}
+    assert "no label here" not in texts and len(texts) == 20
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "2 of 22 row(s) have an empty label" in err
+    assert "dropped them (empty_labels: drop)" in err
