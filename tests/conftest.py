@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,15 +56,15 @@ def mlflow_local_uri(mlflow_db_template: Path, tmp_path: Path, monkeypatch: pyte
     return f"sqlite:///{db}"
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> Iterator[str]:
-    """A real ``mlflow server`` (sqlite backend, local artifact folder) on 127.0.0.1:<free port>; yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+def start_mlflow_server(root: Path, template: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow server`` (sqlite backend ``root/mlflow.db``, made from ``template`` unless it exists;
+    artifacts in ``root/artifacts``) in its own session on 127.0.0.1; returns it and its URI once it answers."""
     db = root / "mlflow.db"
-    shutil.copy(mlflow_db_template, db)  # skips the server's own (slow) table creation
-    with sqlite3.connect(db) as con:  # as a fresh server would set it: Default's artifacts go through the server
-        con.execute("UPDATE experiments SET artifact_location = 'mlflow-artifacts:/0' WHERE experiment_id = 0")
-    port = _free_port()
+    if not db.exists():
+        shutil.copy(template, db)  # skips the server's own (slow) table creation
+        with sqlite3.connect(db) as con:  # as a fresh server would set it: Default's artifacts go through the server
+            con.execute("UPDATE experiments SET artifact_location = 'mlflow-artifacts:/0' WHERE experiment_id = 0")
+    port = port or _free_port()
     uri = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
            "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
@@ -71,26 +72,51 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: 
     log_path = root / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner (GenAI jobs): faster, lighter
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
                                 start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, uri
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail(f"mlflow server did not answer on {uri} within 120 s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> Iterator[str]:
+    """A real ``mlflow server`` (sqlite backend, local artifact folder) on 127.0.0.1:<free port>; yields its URI."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), mlflow_db_template)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer on {uri} within 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
         yield uri
     finally:
         _stop(proc)
+
+
+@pytest.fixture()
+def own_mlflow_server(tmp_path: Path, mlflow_db_template: Path) -> Iterator[Any]:
+    """Factory for servers a test may kill and restart: ``start(root) -> (proc, uri)``; all stopped at the end."""
+    procs: list[subprocess.Popen] = []
+
+    def start(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+        root.mkdir(parents=True, exist_ok=True)
+        proc, uri = start_mlflow_server(root, mlflow_db_template, port)
+        procs.append(proc)
+        return proc, uri
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            _stop(proc)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -59,13 +59,16 @@ def list_cmd(
     task: str | None = typer.Option(None, "--task", help="Only patches of this task."),
     base: str | None = typer.Option(None, "--base", help="Only patches of this base model (name, short name "
                                                          "or the start of its content hash)."),
+    incomplete: bool = typer.Option(False, "--incomplete", help="Only versions whose registration never finished "
+                                                                "(a killed or failed command; remove them with "
+                                                                "'masks delete --incomplete')."),
     **opts: Any,
 ) -> None:
     """List registered SkillPatches: name, version, aliases, task, base, method, sparsity, size, accuracy, Rel."""
     from mtgraft.registry import base_short_name
 
     reg = _registry(opts)
-    rows = reg.list_masks(task=task, base=base)
+    rows = reg.list_masks(task=task, base=base, incomplete=incomplete)
     if opts["json_out"]:
         print_json({"tracking_uri": reg.tracking_uri, "masks": rows})
         return
@@ -80,7 +83,10 @@ def list_cmd(
                   f"{r['region_size']:,}" if r["region_size"] is not None else "-",
                   _f(r["accuracy"]), _f(r["rel"]))
     _print_wide(t)
-    if not rows:
+    if incomplete:
+        console.print(f"{len(rows)} incomplete version(s): registrations that never finished"
+                      + ("; remove them with 'mtgraft masks delete --incomplete'" if rows else ""))
+    elif not rows:
         console.print("no SkillPatches registered" + (" matching the filters" if task or base else ""))
     else:
         console.print("sparsity and size count the graftable body; the task head is always grafted")
@@ -196,13 +202,29 @@ def alias_cmd(
 
 @command(masks_app, "delete", registry_options)
 def delete_cmd(
-    ref: str = typer.Argument(..., help="name/version or name@alias (one version); a bare name with --all."),
+    ref: str | None = typer.Argument(None, help="name/version or name@alias (one version); a bare name with --all."),
     all_versions: bool = typer.Option(False, "--all", help="Delete a whole registered model (bare name) "
                                                            "and all its versions."),
+    incomplete: bool = typer.Option(False, "--incomplete", help="Delete every version whose registration never "
+                                                                "finished (those 'masks list --incomplete' shows; "
+                                                                "registrations still running here are kept)."),
     **opts: Any,
 ) -> None:
     """Delete one registered version (or, with --all, a whole registered model). Run artifacts are kept."""
 
+    if incomplete:
+        if ref is not None or all_versions:
+            raise MtgraftError("--incomplete deletes the unfinished versions of every model: give no REF and no --all")
+        res = _registry(opts).delete_incomplete()
+        if opts["json_out"]:
+            print_json(res)
+            return
+        console.print(f"deleted {len(res['deleted'])} incomplete version(s)" +
+                      (f": {', '.join(res['deleted'])}" if res["deleted"] else "") +
+                      (f"; kept {', '.join(res['in_progress'])} (still being registered)" if res["in_progress"] else ""))
+        return
+    if ref is None:
+        raise MtgraftError("give a REF (name/version or name@alias), a bare name with --all, or --incomplete")
     if _is_file(ref):
         raise MtgraftError(f"'{ref}' is a local patch file, not a registry entry; nothing to delete")
     res = _registry(opts).delete(ref, all_versions=all_versions)
@@ -214,17 +236,24 @@ def delete_cmd(
 
 @command(masks_app, "register", registry_options)
 def register_cmd(
-    patches: list[Path] = typer.Argument(..., help="SkillPatch files to register."),
+    patches: list[Path] = typer.Argument(..., help="SkillPatch files, or graft output folders (their results.json "
+                                                   "names the patches; it records the registered versions)."),
     run_id: str | None = typer.Option(None, "--run-id", help="MLflow run that produced the patch (the file is "
                                                               "logged there); default: a new registration run."),
     **opts: Any,
 ) -> None:
-    """Register patch files (what 'mtgraft graft' does unless --no-register)."""
+    """Register patch files or graft output folders (what 'mtgraft graft' does unless --no-register, or when the
+    tracking server was down): all of them, or, on a failure, none (what was registered is rolled back)."""
+    from mtgraft.workflows.graft import register_outputs
 
     reg = _registry(opts)
-    done = [reg.register_patch(p, run_id=run_id).to_dict() for p in patches]
+    res = register_outputs(patches, reg.tracking_uri, run_id=run_id)
     if opts["json_out"]:
-        print_json({"tracking_uri": reg.tracking_uri, "registered": done})
+        print_json({"tracking_uri": reg.tracking_uri, **res})
         return
-    for d in done:
+    for ref in res["cleaned"]:
+        console.print(f"removed {ref} (left incomplete by an earlier registration of the same file)")
+    for d in res["skipped"]:
+        console.print(f"{d['patch']}: already registered as {d['registered']['name']}/{d['registered']['version']}")
+    for d in res["registered"]:
         console.print(f"registered {d['ref']}" + (f" ({', '.join(d['aliases'])})" if d["aliases"] else ""))

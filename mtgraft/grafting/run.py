@@ -6,8 +6,11 @@ parts): ``run_graft`` hands each written patch to ``on_written``; ``mtgraft.work
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,33 +96,105 @@ def run_graft(cfg: GraftConfig, show_progress: bool = True, on_written: OnWritte
     return [graft_task(cfg, t, meta, show_progress, on_written) for t in tasks]
 
 
+class HandOffError(MtgraftError):
+    """The outputs are complete in ``out``, but logging them to the MLflow run or ``on_written`` failed."""
+
+    def __init__(self, out: Path, cause: BaseException) -> None:
+        self.out, self.cause = out, cause
+        why = str(cause) if isinstance(cause, MtgraftError) else (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(f"the outputs are complete in {out}, but recording them in MLflow failed: "
+                         f"{why or type(cause).__name__}")
+
+
+@contextlib.contextmanager
+def out_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<out>.lock`` (an exclusive flock) while one command writes or registers ``out``; a second one
+    refuses at once. The kernel releases the lock when the holder exits, even by SIGKILL: a stale lock file
+    never blocks."""
+    out = Path(out)
+    lock = out.parent / f"{out.name}.lock"
+    ensure_writable_dir(lock.parent)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise MtgraftError(f"another mtgraft command (pid {holder}) is writing '{out}' (lock file {lock}); "
+                               "wait for it to finish, or choose another --out") from None
+        try:  # the previous holder may have removed the file between our open and flock: lock the new one
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
 def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_progress: bool = True,
                on_written: OnWritten | None = None) -> GraftResult:
-    """Run every method at every sparsity for one task; write SkillPatches and results."""
+    """Run every method at every sparsity for one task; write SkillPatches and results (holding ``<out>.lock``)."""
+    out = Path(cfg.out or default_out("graft", resolve_task(task_name, meta).name))
+    with out_lock(out):
+        return _graft_task(cfg.model_copy(update={"out": str(out)}), task_name, meta, show_progress, on_written)
+
+
+def _graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_progress: bool,
+                on_written: OnWritten | None) -> GraftResult:
     t_start = time.perf_counter()
     inputs = load_inputs(cfg, task_name, meta)
     ref = reference_metrics(inputs)
     spec, out = inputs.spec, inputs.out
-    with mlflow_run("graft", f"graft-{spec.name}", cfg.tracking_uri, enabled=cfg.track,
-                    tags=_run_tags(cfg, spec, meta)) as run:
-        conf = cfg.model_dump()
-        conf.update({"task": spec.name, "learn_settings": inputs.settings, "data": inputs.data})
-        run.log_params(conf)
-        run.log_config(conf)
-        run.log_metrics(ref.to_json(), prefix="test/")
-        resume = Resume(ResumeState(out), cfg.resume, {  # a killed run continues with --resume
-            "task": spec.name, "finetuned": str(Path(cfg.finetuned).resolve()), "seed": cfg.seed,
-            "settings": inputs.settings, "data": inputs.data, "sparsity": cfg.sparsity, "method": cfg.method})
-        diag_name = f"{safe_name(spec.name)}-reliability.png"
-        with atomic_dir(out) as tmp:  # files go to a temporary sibling: nothing is left if a step fails
-            regions = graft_regions(cfg, meta, inputs, ref, resume, run, tmp, show_progress)
-            reliability_diagram(regions.curves, tmp / diag_name, title=f"{spec.name}: reliability (10 equal-width bins)")
-            summary = {"task": spec.name, "reference": ref.to_json(), "results": regions.results,
-                       "graftable_size": inputs.space.numel, "head_params": inputs.head_params, "data": inputs.data,
-                       "learn_settings": inputs.settings, "finetuned": str(Path(cfg.finetuned).resolve()),
-                       "provenance": provenance()}
-            write_json(tmp / "results.json", summary)
-        # log (and register) only once every file is in its final place: a failed write leaves no registry entry
+    resume = Resume(ResumeState(out), cfg.resume, {  # a killed run continues with --resume
+        "task": spec.name, "finetuned": str(Path(cfg.finetuned).resolve()), "seed": cfg.seed,
+        "settings": inputs.settings, "data": inputs.data, "sparsity": cfg.sparsity, "method": cfg.method})
+    handed: list[BaseException] = []  # a failure after the outputs were in place
+    try:
+        with mlflow_run("graft", f"graft-{spec.name}", cfg.tracking_uri, enabled=cfg.track,
+                        tags=_run_tags(cfg, spec, meta)) as run:
+            regions = _graft_in_run(cfg, meta, inputs, ref, resume, run, show_progress, on_written, handed)
+    except Exception as e:
+        if not handed:
+            raise
+        resume.state.clear()  # the outputs are complete: nothing to resume
+        raise HandOffError(out, handed[0]) from e
+    resume.state.clear()
+    diag = out / f"{safe_name(spec.name)}-reliability.png"
+    return GraftResult(spec.name, str(out), regions.results, ref.to_json(), inputs.space.numel, inputs.head_params,
+                       run.run_id, time.perf_counter() - t_start, {"reliability_diagram": str(diag)})
+
+
+def _graft_in_run(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref: Reference, resume: Resume,
+                  run: Run, show_progress: bool, on_written: OnWritten | None,
+                  handed: list[BaseException]) -> Regions:
+    """Select, evaluate and write every region into the output folder (atomically), then hand the outputs off:
+    log them to the run and give each SkillPatch to ``on_written``. A failure there goes into ``handed``."""
+    spec, out = inputs.spec, inputs.out
+    conf = cfg.model_dump()
+    conf.update({"task": spec.name, "learn_settings": inputs.settings, "data": inputs.data})
+    run.log_params(conf)
+    run.log_config(conf)
+    run.log_metrics(ref.to_json(), prefix="test/")
+    diag_name = f"{safe_name(spec.name)}-reliability.png"
+    with atomic_dir(out) as tmp:  # files go to a temporary sibling: nothing is left if a step fails
+        regions = graft_regions(cfg, meta, inputs, ref, resume, run, tmp, show_progress)
+        reliability_diagram(regions.curves, tmp / diag_name, title=f"{spec.name}: reliability (10 equal-width bins)")
+        summary = {"task": spec.name, "reference": ref.to_json(), "results": regions.results,
+                   "graftable_size": inputs.space.numel, "head_params": inputs.head_params, "data": inputs.data,
+                   "learn_settings": inputs.settings, "finetuned": str(Path(cfg.finetuned).resolve()),
+                   "provenance": provenance()}
+        write_json(tmp / "results.json", summary)
+    # log (and register) only once every file is in its final place: a failed write leaves no registry entry
+    try:
         for entry in regions.written:
             run.log_artifact(entry["patch"], "skillpatch")
             if on_written is not None:
@@ -128,9 +203,20 @@ def graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_prog
         if on_written is not None and regions.written:
             write_json(out / "results.json", summary)  # now with the registered entries
         run.log_artifact(out / "results.json")
-    resume.state.clear()
-    return GraftResult(spec.name, str(out), regions.results, ref.to_json(), inputs.space.numel, inputs.head_params,
-                       run.run_id, time.perf_counter() - t_start, {"reliability_diagram": str(out / diag_name)})
+    except Exception as e:
+        handed.append(e)
+        if cfg.track and _server_gone(cfg.tracking_uri):  # then MLflow ends the run without minutes of retries
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        raise
+    return regions
+
+
+def _server_gone(uri: str | None) -> bool:
+    try:
+        check_reachable(uri)
+    except MtgraftError:
+        return True
+    return False
 
 
 def _run_tags(cfg: GraftConfig, spec: TaskSpec, meta: CheckpointMeta) -> dict[str, str]:

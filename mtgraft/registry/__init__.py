@@ -2,10 +2,11 @@
 
 The package's face: ``store`` (:class:`MaskRegistry`: registers, lists, shows, pulls, aliases and deletes
 patches), ``records`` (the tags a version records, rows for listing), ``files`` (REFs that are local patch
-files), ``naming`` (registered-model names and REFs), ``mlflow_io`` (quiet MLflow calls). Composing patches
+files), ``batch`` (one command's registrations: all completed, or rolled back), ``naming`` (registered-model names and REFs), ``mlflow_io`` (quiet MLflow calls). Composing patches
 onto a model is no registry matter: ``mtgraft.patches.apply_patches``.
 """
 
+from mtgraft.registry.batch import RegistrationBatch
 from mtgraft.registry.files import file_info, local_patch, resolve_patch_files
 from mtgraft.registry.naming import (
     BEST,
@@ -16,19 +17,29 @@ from mtgraft.registry.naming import (
     model_name,
     parse_ref,
 )
-from mtgraft.registry.records import ARTIFACT_DIR, EXPERIMENT, KIND, KIND_TAG, RegisteredMask, version_tags
+from mtgraft.registry.records import (
+    ARTIFACT_DIR,
+    EXPERIMENT,
+    INCOMPLETE_TAG,
+    KIND,
+    KIND_TAG,
+    RegisteredMask,
+    version_tags,
+)
 from mtgraft.registry.store import MaskRegistry, list_masks, pull, register_patch
 
 __all__ = [
     "ARTIFACT_DIR",
     "BEST",
     "EXPERIMENT",
+    "INCOMPLETE_TAG",
     "KIND",
     "KIND_TAG",
     "LATEST",
     "MaskRegistry",
     "Ref",
     "RegisteredMask",
+    "RegistrationBatch",
     "base_short_name",
     "check_alias_name",
     "file_info",

@@ -19,6 +19,9 @@ EXPERIMENT = "mtgraft-registry"
 TAG = "mtgraft."
 SHA_TAG = "mtgraft.patch_sha256"
 FILE_TAG = "mtgraft.patch_file"
+#: On a version from creation until its registration (the whole command's) finished; its value says who
+#: registers it (``host:pid:unix-time``). Leftovers of a killed registration: ``mtgraft masks list --incomplete``.
+INCOMPLETE_TAG = "mtgraft.incomplete"
 
 
 @dataclass
@@ -130,6 +133,7 @@ def row_from(name: str, version: str | None, run_id: str | None, t: dict[str, st
         "k": t.get("mtgraft.k"), "seed": t.get("mtgraft.seed"),
         "accuracy": num(t.get("mtgraft.test_accuracy")), "rel": num(t.get("mtgraft.rel")),
         "ece": num(t.get("mtgraft.ece")), "run_id": run_id, "sha256": t.get(SHA_TAG),
+        "incomplete": INCOMPLETE_TAG in t,
     }
 
 

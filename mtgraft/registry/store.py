@@ -13,6 +13,7 @@ import contextlib
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from mtgraft.registry.records import (
     ARTIFACT_DIR,
     EXPERIMENT,
     FILE_TAG,
+    INCOMPLETE_TAG,
     KIND,
     KIND_TAG,
     SHA_TAG,
@@ -172,8 +174,13 @@ class MaskRegistry:
     # ------------------------------------------------------------------ register
 
     def register_patch(self, patch_path: str | os.PathLike, run_id: str | None = None,
-                       extra_tags: dict[str, Any] | None = None) -> RegisteredMask:
-        """Register a patch file as a new version (artifact logged to ``run_id``, or to a new run)."""
+                       extra_tags: dict[str, Any] | None = None, complete: bool = True) -> RegisteredMask:
+        """Register a patch file as a new version (artifact logged to ``run_id``, or to a new run).
+
+        The file is logged first; the version is created with it, tagged ``mtgraft.incomplete`` in the same
+        request, and the tag is removed (``complete``) once everything is recorded: a registration killed
+        half-way leaves either no version or one that ``list --incomplete`` shows. ``complete=False`` leaves
+        the tag on (a command registering several patches completes them all at the end: ``batch.py``)."""
         from mtgraft.patches.patch import SkillPatch
 
         path = Path(patch_path)
@@ -193,6 +200,7 @@ class MaskRegistry:
             source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_file.rsplit('/', 1)[0]}"
             tags = version_tags(h, sha, artifact_file)
             tags.update({str(k): fmt(v) for k, v in (extra_tags or {}).items() if v is not None})
+            tags[INCOMPLETE_TAG] = registrant()
             self._ensure_registered_model(name, h)
             desc = describe(h)
             mv = self._call(self.client.create_model_version, name, source, run_id=run_id, tags=tags,
@@ -202,11 +210,41 @@ class MaskRegistry:
             if own_run:
                 with contextlib.suppress(Exception), quiet_env():
                     self.client.set_terminated(run_id, status=status)
-        self._update_best(name)
+        if complete:
+            self.mark_complete(name, str(mv.version))
+            tags.pop(INCOMPLETE_TAG)
         rm = self._registered_model(name)
         newest = self._newest(name)
         return RegisteredMask(name=name, version=str(mv.version), aliases=self._aliases_of(rm, mv.version, newest),
                               run_id=run_id, sha256=sha, tags=tags)
+
+    def mark_complete(self, name: str, version: str) -> None:
+        """The registration of ``name/version`` finished: drop its incomplete tag; ``best`` may move to it."""
+        self._call(self.client.delete_model_version_tag, name, version, INCOMPLETE_TAG,
+                   what=f"completing {name}/{version}")
+        self.update_best(name)
+
+    def incomplete(self) -> list[Any]:
+        """Versions whose registration never finished (killed, or still running), by name and version."""
+        left = [mv for mv in self._versions(f"tags.`{KIND_TAG}` = '{KIND}'") if INCOMPLETE_TAG in (mv.tags or {})]
+        return sorted(left, key=lambda mv: (mv.name, int(mv.version)))
+
+    def delete_incomplete(self, sha256s: set[str] | None = None) -> dict[str, list[str]]:
+        """Delete versions left incomplete (only those of patches with these sha256s, if given); versions whose
+        registering process still runs on this host are skipped."""
+        deleted, skipped = [], []
+        for mv in self.incomplete():
+            if sha256s is not None and (mv.tags or {}).get(SHA_TAG) not in sha256s:
+                continue
+            ref = f"{mv.name}/{mv.version}"
+            if registrant_alive(mv.tags[INCOMPLETE_TAG]):
+                skipped.append(ref)
+                continue
+            self._call(self.client.delete_model_version, mv.name, str(mv.version), what=f"deleting {ref}")
+            deleted.append(ref)
+        for name in sorted({d.split("/")[0] for d in deleted}):
+            self.update_best(name)
+        return {"deleted": deleted, "in_progress": skipped}
 
     def _start_register_run(self, h: Any, name: str, sha: str) -> str:
         from mtgraft.tracking import flatten, numeric_metrics
@@ -255,12 +293,13 @@ class MaskRegistry:
                                what=f"reading {artifact} of run {run_id}")
             return sha256_file(local)
 
-    def _update_best(self, name: str) -> None:
+    def update_best(self, name: str) -> None:
         """Point ``best`` at the highest-Rel version (ties: the older one) if it beats the current best."""
         for _ in range(3):
             rm = self._registered_model(name)
             versions = self._versions(f"name = '{name}'")
-            rels = {str(v.version): num(v.tags.get("mtgraft.rel")) for v in versions}
+            rels = {str(v.version): num(v.tags.get("mtgraft.rel")) for v in versions
+                    if INCOMPLETE_TAG not in (v.tags or {})}  # an unfinished registration is never best
             scored = [(r, -int(ver), ver) for ver, r in rels.items() if r is not None]
             if not scored:
                 return
@@ -273,6 +312,10 @@ class MaskRegistry:
                 return
             self._call(self.client.set_registered_model_alias, name, BEST, cand, what=f"setting {name}@best")
             time.sleep(0.02 * random.random())
+
+    def aliases(self, name: str, version: str) -> list[str]:
+        """The aliases of ``name/version`` now (``latest`` included)."""
+        return self._aliases_of(self._registered_model(name), version, self._newest(name))
 
     # ------------------------------------------------------------------ look-up
 
@@ -347,8 +390,10 @@ class MaskRegistry:
 
     # ------------------------------------------------------------------ browse
 
-    def list_masks(self, task: str | None = None, base: str | None = None) -> list[dict[str, Any]]:
-        """Registered SkillPatch versions (optionally of one task / base model), sorted by name and version."""
+    def list_masks(self, task: str | None = None, base: str | None = None,
+                   incomplete: bool = False) -> list[dict[str, Any]]:
+        """Registered SkillPatch versions (optionally of one task / base model), sorted by name and version;
+        versions whose registration never finished are left out (``incomplete``: only those are listed)."""
         versions = self._versions(f"tags.`{KIND_TAG}` = '{KIND}'")
         rows = []
         models: dict[str, Any] = {}
@@ -360,6 +405,8 @@ class MaskRegistry:
             if task is not None and task not in t.get("mtgraft.task", "").split("+"):
                 continue
             if base is not None and not base_matches(base, t, mv.name):
+                continue
+            if (INCOMPLETE_TAG in t) != incomplete:
                 continue
             if mv.name not in models:
                 models[mv.name] = self._registered_model(mv.name)
@@ -433,8 +480,28 @@ class MaskRegistry:
         self.check_skillpatch(mv)
         self._call(self.client.delete_model_version, mv.name, str(mv.version),
                    what=f"deleting {mv.name}/{mv.version}")
-        self._update_best(mv.name)
+        self.update_best(mv.name)
         return {"deleted": f"{mv.name}/{mv.version}", "versions": 1}
+
+
+def registrant() -> str:
+    """Who registers: ``host:pid:unix-time`` (the value of the incomplete tag)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+
+
+def registrant_alive(value: str) -> bool:
+    """Whether the process an incomplete tag names still runs (known only on this host)."""
+    host, _, rest = value.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------- one call, one registry
