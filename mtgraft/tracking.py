@@ -8,13 +8,14 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mtgraft.errors import MtgraftError
+from mtgraft.progress import warn
 
 EXPERIMENTS = {
     "train": "mtgraft-train",
@@ -72,41 +73,56 @@ def numeric_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 class Run:
-    """A thin handle on an active MLflow run (no-op when tracking is disabled)."""
+    """A thin handle on an active MLflow run (no-op when tracking is disabled).
+
+    Parameters, metrics and tags logged *during* the work are best effort: if the tracking server stops
+    answering, one ``warning:`` line says so, later calls are skipped and ``lost`` keeps the error, so the work
+    (and its files on disk) still completes; the caller decides what a lost run means at hand-off.
+    Artifacts are logged strictly (``log_artifact`` raises), since they are the hand-off itself."""
 
     def __init__(self, client: Any, run_id: str | None) -> None:
         self.client = client
         self.run_id = run_id
+        self.lost: BaseException | None = None
+
+    def _best_effort(self, call: Callable[[], Any]) -> None:
+        if not self.run_id or self.lost is not None:
+            return
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 - any store failure: the work goes on, the run is marked lost
+            import mlflow
+
+            self.lost = e
+            warn(f"the MLflow run {self.run_id} at {mlflow.get_tracking_uri()} stopped answering "
+                 f"({str(e).splitlines()[0][:200]}); the work goes on and its files are kept, "
+                 "but nothing more is logged to that run")
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if not self.run_id:
-            return
         import mlflow
 
         flat = {k: (str(v)[:500] if v is not None else "None") for k, v in flatten(params).items()}
         items = list(flat.items())
         for i in range(0, len(items), 100):
-            mlflow.log_params(dict(items[i:i + 100]))
+            self._best_effort(lambda chunk=dict(items[i:i + 100]): mlflow.log_params(chunk))
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None, prefix: str = "") -> None:
-        if not self.run_id:
-            return
         import mlflow
 
         m = numeric_metrics(metrics, prefix)
         if m:
-            mlflow.log_metrics(m, step=step)
+            self._best_effort(lambda: mlflow.log_metrics(m, step=step))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        if not self.run_id:
-            return
         import mlflow
 
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._best_effort(lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if not self.run_id:
             return
+        if self.lost is not None:
+            raise self.lost
         import mlflow
 
         p = Path(path)
@@ -147,8 +163,19 @@ def mlflow_run(kind: str, run_name: str, tracking_uri: str | None = None, enable
     except Exception as e:  # a broken store is a user-facing condition
         raise MtgraftError(f"cannot start an MLflow run at {mlflow.get_tracking_uri()}: {str(e).splitlines()[0]}") from None
     status = "FAILED"
+    run = Run(mlflow.MlflowClient(), active.info.run_id)
     try:
-        yield Run(mlflow.MlflowClient(), active.info.run_id)
+        yield run
         status = "FINISHED"
     finally:
-        mlflow.end_run(status=status)
+        if run.lost is None:
+            mlflow.end_run(status=status)
+        else:  # the server is gone: end the run here (mlflow pops it first) without minutes of retries
+            saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status="FAILED")
+            if saved is None:
+                os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+            else:
+                os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved

@@ -37,9 +37,9 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _graft(ck: str, out: Path, *extra: str) -> list[str]:
+def _graft(ck: str, out: Path, *extra: str, updates: int = 20) -> list[str]:
     return [*CLI, "graft", "--task", example_task_yaml(), "--finetuned", ck, "--sparsity", "0.01,0.02",
-            "--method", "graft", "--updates", "20", "--out", str(out), "--json", *extra]
+            "--method", "graft", "--updates", str(updates), "--out", str(out), "--json", *extra]
 
 
 def _wait_for(cond, timeout: float = 300) -> None:
@@ -53,19 +53,27 @@ def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_server_killed_during_graft_keeps_outputs_and_registers_later(ck, own_mlflow_server, tmp_path):
+@pytest.mark.parametrize("when", ["mid-selection", "at hand-off"])
+def test_server_killed_during_graft_keeps_outputs_and_registers_later(ck, own_mlflow_server, tmp_path, when):
     server_root = tmp_path / "server"
     proc, uri = own_mlflow_server(server_root)
     out = tmp_path / "g"
-    g = subprocess.Popen(_graft(ck, out, "--tracking-uri", uri), env=_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1"),
+    g = subprocess.Popen(_graft(ck, out, "--tracking-uri", uri, updates=400 if when == "mid-selection" else 20),
+                         env=_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    _wait_for(lambda: out.is_dir() or g.poll() is not None)  # the outputs are renamed into place: kill now
+    if when == "mid-selection":  # the temporary output folder exists: the regions are being learnt
+        _wait_for(lambda: any(tmp_path.glob(".g.tmp-*")) or g.poll() is not None)
+        assert not out.exists() and g.poll() is None, "the graft got past its selection before the kill"
+    else:  # the outputs are renamed into place and are being handed to the registry
+        _wait_for(lambda: out.is_dir() or g.poll() is not None)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     _, stderr = g.communicate(timeout=300)
     assert g.returncode == 2, stderr
     [err] = _errors(stderr)  # one clear line
     assert "the output files are complete" in err and f"mtgraft masks register {out}" in err, err
+    if when == "mid-selection":
+        assert "stopped answering" in stderr and "its files are kept" in stderr, stderr
     entries = [e for e in json.loads((out / "results.json").read_text())["results"] if e.get("patch")]
     assert len(entries) == 2 and not any(e.get("registered") for e in entries)
     assert all((out / Path(e["patch"]).name).is_file() for e in entries)
