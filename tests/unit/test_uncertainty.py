@@ -51,3 +51,55 @@ def test_aggregate_seeds_flattens_and_keeps_per_seed():
     assert g["ci95"]["test.acc"] == pytest.approx([lo, hi])
     assert g["n"]["rel"] == 2 and g["mean"]["rel"] == pytest.approx(0.8)
     assert format_ci({"mean": 0.62, "ci95": [0.58, 0.66]}) == "0.620 ± 0.040"
+
+
+def test_bootstrap_is_paired_and_seeded():
+    import numpy as np
+
+    from mtgraft.evaluation.uncertainty import bootstrap_accuracies, percentile_interval, rel_samples
+
+    y = np.array([0, 1] * 50)
+    same = bootstrap_accuracies(y, {"a": y, "b": y.copy(), "c": 1 - y}, n_boot=200, seed=3)
+    assert np.array_equal(same["a"], same["b"]) and (same["a"] == 1).all() and (same["c"] == 0).all()
+    again = bootstrap_accuracies(y, {"a": np.zeros(100, int)}, n_boot=200, seed=3)
+    assert np.array_equal(again["a"], bootstrap_accuracies(y, {"a": np.zeros(100, int)}, n_boot=200, seed=3)["a"])
+    # Rel of a model equal to the fine-tuned one is 1 in every resample, whatever the resample
+    pre, ft = np.zeros(100, int), y.copy()
+    ft[:10] = 1 - ft[:10]  # 90% correct
+    acc = bootstrap_accuracies(y, {"pre": pre, "ft": ft, "g": ft.copy()}, n_boot=200, seed=0)
+    assert np.allclose(rel_samples(acc["g"], acc["pre"], acc["ft"]), 1.0)
+    lo, hi = percentile_interval(acc["ft"])
+    assert lo < 0.9 < hi and hi - lo < 0.15
+
+
+def test_bootstrap_interval_covers_the_true_accuracy_about_95_percent():
+    """A synthetic classifier, right with probability 0.7 on each example: over 200 test sets of 300
+    examples, the 95% percentile interval must cover 0.7 in roughly 95% of them (binomial sd 1.5 points)."""
+    import numpy as np
+
+    from mtgraft.evaluation.uncertainty import bootstrap_accuracies, percentile_interval
+
+    rng = np.random.default_rng(2026)
+    covered, repeats = 0, 200
+    for r in range(repeats):
+        y = rng.integers(0, 2, 300)
+        right = rng.random(300) < 0.7
+        pred = np.where(right, y, 1 - y)
+        lo, hi = percentile_interval(bootstrap_accuracies(y, {"m": pred}, n_boot=500, seed=r)["m"])
+        covered += lo <= 0.7 <= hi
+    assert 0.90 <= covered / repeats <= 0.99, covered
+
+
+def test_compare_over_seeds_against_hand_values():
+    from mtgraft.evaluation.uncertainty import compare_over_seeds
+
+    a = {13: 0.80, 21: 0.75, 42: 0.90, 87: 0.70, 100: 0.85}
+    b = {13: 0.70, 21: 0.72, 42: 0.80, 87: 0.71, 100: 0.80, 7: 0.1}
+    c = compare_over_seeds(a, b)
+    diffs = [0.10, 0.03, 0.10, -0.01, 0.05]
+    mean, sd, lo, hi = _by_hand(diffs)
+    assert c["seeds"] == [13, 21, 42, 87, 100] and c["diffs"] == pytest.approx(diffs)
+    assert c["mean_diff"] == pytest.approx(mean) and c["ci95"] == pytest.approx([lo, hi])
+    # Wilcoxon by hand: |d| ranks 0.01→1, 0.03→2, 0.05→3, 0.10,0.10→4.5,4.5; W- = 1; exact two-sided p for
+    # W = min(W+, W-) = 1 with n = 5 (no ties in the exact table) is 2 * 2/32 = 0.125
+    assert c["wilcoxon_p"] == pytest.approx(0.125, abs=0.02) and c["min_possible_p"] == pytest.approx(0.0625)
