@@ -421,7 +421,7 @@ def select(inputs: GraftInputs, mname: str, method: Method, sparsity: float, see
     """One method's region at one sparsity; with --resume a saved selection (or learning state) is reused."""
     total = inputs.settings["updates"] if method.learned else 1
     key = f"{safe_name(mname)}-s{sparsity:g}"
-    with progress_bar(total, f"{mname} s={sparsity:g}", show_progress) as upd:
+    with progress_bar(total, f"graft {inputs.spec.name} · {mname} s={sparsity:g}", show_progress) as upd:
         def progress(step: int, _total: int, h: dict[str, Any]) -> None:
             upd(step, f"train {h.get('train', float('nan')):.3f} dev {h.get('dev', float('nan')):.3f} "
                       f"size {h['size']:,}")
