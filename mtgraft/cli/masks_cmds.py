@@ -17,12 +17,12 @@ from mtgraft.progress import console
 
 masks_app = typer.Typer(
     help="The mask registry: SkillPatches as versions of MLflow registered models. "
-         "REF = name@alias, name/version, or a path to a patch file.",
+         "REF = name@alias, name/version (name: a registered model, or a task with exactly one), or a patch file.",
     no_args_is_help=True,
 )
 app.add_typer(masks_app, name="masks")
 
-REF_HELP = "name@alias, name/version, or a path to a patch file."
+REF_HELP = "name@alias, name/version, or a patch file; name is a registered model or a task name (hedge@best) that has exactly one."
 
 
 def _registry(opts: dict[str, Any]) -> Any:

@@ -319,9 +319,36 @@ class MaskRegistry:
 
     # ------------------------------------------------------------------ look-up
 
-    def get_version(self, ref: str | Ref) -> Any:
-        """The MLflow ``ModelVersion`` a REF names (bare name: the newest); one clear line if unknown."""
+    def resolve_ref(self, ref: str | Ref) -> Ref:
+        """A REF whose name is a task name (``hedge@best``) instead of a registered model name, resolved to
+        the one registered SkillPatch model of that task; when several models hold that task (other base
+        models, multi-task patches), one line lists them. A registered model name is returned unchanged."""
+        from mlflow.exceptions import MlflowException
+
         r = parse_ref(ref) if isinstance(ref, str) else ref
+        try:
+            self._call(self.client.get_registered_model, r.name, what=f"reading registered model {r.name}",
+                       raw=("RESOURCE_DOES_NOT_EXIST",))
+            return r
+        except MlflowException:
+            pass
+        models = self._call(self.client.search_registered_models,
+                            f"tags.`{KIND_TAG}` = '{KIND}' and tags.`mtgraft.task` = '{r.name}'",
+                            what="searching the model registry")
+        names = sorted(m.name for m in models)
+        if len(names) == 1:
+            return Ref(names[0], version=r.version, alias=r.alias)
+        if len(names) > 1:
+            suffix = f"@{r.alias}" if r.alias else f"/{r.version}" if r.version else ""
+            raise MtgraftError(f"task '{r.name}' has {len(names)} registered SkillPatch models; name one: "
+                               + ", ".join(f"{n}{suffix}" for n in names))
+        self._registered_model(r.name)  # unknown: the usual line
+        return r
+
+    def get_version(self, ref: str | Ref) -> Any:
+        """The MLflow ``ModelVersion`` a REF names (bare name: the newest; a task name resolves to its one
+        registered model, see ``resolve_ref``); one clear line if unknown."""
+        r = self.resolve_ref(ref)
         from mlflow.exceptions import MlflowException
 
         if r.version is not None:
@@ -465,7 +492,7 @@ class MaskRegistry:
 
     def delete(self, ref: str | Ref, all_versions: bool = False) -> dict[str, Any]:
         """Delete one version (``name/N`` or ``name@alias``), or with ``all_versions`` a whole registered model."""
-        r = parse_ref(ref) if isinstance(ref, str) else ref
+        r = self.resolve_ref(ref)
         if r.bare:
             if not all_versions:
                 raise MtgraftError(f"'{r.name}' names a whole registered model: give name/version or name@alias "

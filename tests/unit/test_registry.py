@@ -237,3 +237,24 @@ def test_cli_list_show_pull_alias_delete(mlflow_local_uri, make_skillpatch, tmp_
     assert json.loads(r.stdout) == {"deleted": f"{NAME}/1", "versions": 1}
     r = runner.invoke(app, ["masks", "list", "--json", *u])
     assert [(x["version"], x["aliases"]) for x in json.loads(r.stdout)["masks"]] == [("2", ["latest", "best", "prod"])]
+
+
+def test_task_name_refs_resolve_when_they_name_one_model(mlflow_local_uri, make_skillpatch, tmp_path):
+    """``trec@best`` names the one SkillPatch model of task trec; ``sst2@best`` (two base models) lists the
+    candidates; a task nobody registered is the usual unknown-model line (issue 16 item 4)."""
+    reg = MaskRegistry(mlflow_local_uri)
+    reg.register_patch(make_skillpatch("a.safetensors"))
+    reg.register_patch(make_skillpatch("t1.safetensors", task="trec", rel=0.5, seed=1))
+    reg.register_patch(make_skillpatch("t2.safetensors", task="trec", rel=0.8, seed=2))
+    reg.register_patch(make_skillpatch("o.safetensors", base_model="roberta-base", base_hash="sha256:" + "cd" * 32))
+    shown = reg.show("trec@best")
+    assert (shown["name"], shown["version"]) == ("skill.trec.minilm-abababab", "2")
+    assert str(reg.get_version("trec/1").version) == "1"
+    pulled = reg.pull("trec@best", tmp_path / "pulled.safetensors")
+    assert Path(pulled["path"]).is_file()
+    with pytest.raises(MtgraftError) as e:
+        reg.show("sst2@best")
+    assert str(e.value) == ("task 'sst2' has 2 registered SkillPatch models; name one: "
+                            f"{NAME}@best, skill.sst2.roberta-base-cdcdcdcd@best")
+    with pytest.raises(MtgraftError, match="unknown registered model 'nope'"):
+        reg.show("nope@best")
