@@ -112,10 +112,21 @@ KShot = Annotated[int | None, BeforeValidator(parse_k)]
 """K per class: a positive integer, or 'all' (None)."""
 MaxTest = Annotated[int | None, BeforeValidator(_max_test)]
 """A cap on test examples: a positive integer, or 'all' (None)."""
+def _seeds(v: list[int]) -> list[int]:
+    if not v:
+        raise ValueError("give at least one seed")
+    dup = sorted({s for s in v if v.count(s) > 1})
+    if dup:
+        raise ValueError(f"seeds must be distinct, {', '.join(map(str, dup))} given twice")
+    return v
+
+
 CommaList = Annotated[list[str], BeforeValidator(split_list)]
 """A list of names, also given as one comma-separated string."""
 Sparsities = Annotated[list[float], BeforeValidator(split_list), AfterValidator(_sparsities)]
 """Region sizes as fractions of the graftable body, each in (0, 1]."""
+Seeds = Annotated[list[int], BeforeValidator(split_list), AfterValidator(_seeds)]
+"""Distinct integer seeds, also given as one comma-separated string ("13,21,42")."""
 
 
 class DataConfig(BaseConfig):

@@ -79,6 +79,14 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def seeds_of(ctx: typer.Context, opts: dict[str, Any]) -> list[int] | None:
+    """Take ``--seeds`` out of ``opts``, parsed (None when not given); an error when ``--seed`` was given too."""
+    from mtgraft.workflows.seeds import parse_seeds
+
+    raw = opts.pop("seeds", None)
+    return parse_seeds(raw, seed_given=raw is not None and bool(explicit_options(ctx, {"seed": None})))
+
+
 def print_json(obj: Any) -> None:
     """Print one JSON object on stdout."""
     from mtgraft.utils import _json_default
@@ -125,6 +133,29 @@ def metrics_table(title: str, label: str, rows: list[tuple[str, dict[str, Any]]]
         t.add_column(key, justify="right")
     for name, m in rows:
         t.add_row(name, *[fmt(m.get(key)) for key in METRIC_COLUMNS])
+    return t
+
+
+def dotted(record: Any, key: str) -> Any:
+    """``record["a"]["b"]`` for ``key`` "a.b" (None when missing)."""
+    for part in key.split("."):
+        record = record.get(part) if isinstance(record, dict) else None
+    return record
+
+
+def seeds_table(title: str, agg: dict[str, Any], fields: list[tuple[str, str]], label: str = "seed") -> Table:
+    """One row per seed, then mean ± half-width of the 95% interval over seeds, of ``fields`` (column,
+    dotted key of the per-seed records / the aggregate)."""
+    from mtgraft.evaluation.uncertainty import format_ci
+
+    t = Table(title=f"{title} · {len(agg['seeds'])} seeds")
+    t.add_column(label)
+    for name, _ in fields:
+        t.add_column(name, justify="right")
+    for s in agg["seeds"]:
+        t.add_row(str(s), *[fmt(dotted(agg["per_seed"][str(s)], key)) for _, key in fields])
+    t.add_row("mean ± 95% CI", *[format_ci({"mean": agg["mean"].get(key), "ci95": agg["ci95"].get(key)}, 4)
+                                 for _, key in fields])
     return t
 
 

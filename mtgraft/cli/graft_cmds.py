@@ -8,13 +8,14 @@ import typer
 from rich.table import Table
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import command, fmt, handle_errors, print_json, run_config, table_out
+from mtgraft.cli.common import command, fmt, handle_errors, print_json, run_config, seeds_of, table_out
 from mtgraft.cli.options import (
     OUT,
     RECORDED,
     output_options,
     recorded_data_options,
     resume_option,
+    seeds_option,
 )
 from mtgraft.progress import console
 
@@ -38,7 +39,7 @@ def graft_table(res: object) -> Table:
     return t
 
 
-@command(app, "graft", recorded_data_options, resume_option, output_options)
+@command(app, "graft", recorded_data_options, seeds_option, resume_option, output_options)
 def graft_cmd(
     ctx: typer.Context,
     task: str | None = typer.Option(None, "--task", help="Task to localise (a task of the checkpoint)."),
@@ -68,12 +69,19 @@ def graft_cmd(
 ) -> None:
     """Learn per-task graft regions (and baselines) at one or more sparsities; write SkillPatches."""
     from mtgraft.grafting import GraftConfig
-    from mtgraft.workflows.graft import graft_and_register
+    from mtgraft.workflows.seeds import graft_seeds
 
-    own = {k: v for k, v in locals().items() if k not in ("ctx", "opts")}
+    seeds = seeds_of(ctx, opts)
+    own = {k: v for k, v in locals().items() if k not in ("ctx", "opts", "seeds")}
     results = run_config(ctx, GraftConfig, {**own, **opts, "json_out": False},  # JSON of several tasks: below
-                         lambda cfg, show_progress: graft_and_register(cfg, show_progress and not opts["json_out"]),
+                         lambda cfg, show_progress: graft_seeds(cfg, seeds, show_progress and not opts["json_out"]),
                          required=("finetuned",))
+    if isinstance(results, dict):  # several seeds: the aggregate
+        if opts["json_out"]:
+            print_json(results)
+        else:
+            print_graft_seeds(results)
+        return
     if opts["json_out"]:
         if len(results) == 1:
             print_json(results[0].to_json())
@@ -88,6 +96,35 @@ def graft_cmd(
         console.print("ECE with 10 equal-width bins; Rel = (P_graft - P_0) / (P_1 - P_0); agreement with the "
                       "fine-tuned model's predictions.")
         console.print(f"results: [bold]{r.out}[/]   mlflow run: {r.mlflow_run_id}")
+
+
+def print_graft_seeds(agg: dict) -> None:
+    """The aggregate of a several-seed graft: per task, method and sparsity, mean ± 95% CI over seeds."""
+    from mtgraft.evaluation.uncertainty import format_ci
+
+    def ci(r: dict, key: str) -> str:
+        return format_ci({"mean": r["mean"].get(key), "ci95": r["ci95"].get(key)}, 3)
+
+    for task in agg["tasks"]:
+        t = Table(title=f"mtgraft graft · {task} · mean ± 95% CI over {len(agg['seeds'])} seeds "
+                        f"({', '.join(map(str, agg['seeds']))})")
+        rows = [r for r in agg["results"] if r["task"] == task]
+        oods = sorted({k.split(".")[1] for r in rows for k in r["mean"] if k.startswith("ood.") and k.endswith(".rel")})
+        for c in ("model", "sparsity", "region", "acc", "ECE", "Rel", *[f"Rel {o}" for o in oods]):
+            t.add_column(c, justify="left" if c == "model" else "right")
+        for r in [x for x in agg["reference"] if x["task"] == task]:
+            t.add_row(r["model"], "", "", ci(r, "accuracy"), ci(r, "ece"), "", *["" for _ in oods])
+        for r in rows:
+            t.add_row(r["method"], f"{r['sparsity']:g}", f"{r['mean']['region_size']:,.0f}", ci(r, "accuracy"),
+                      ci(r, "ece"), ci(r, "rel"), *[ci(r, f"ood.{o}.rel") for o in oods])
+        console.print(t)
+        for c in agg["comparisons_over_seeds"]:
+            if c["task"] == task and c["metric"] in ("accuracy", "rel") and c["mean_diff"] is not None:
+                p = "—" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3g}"
+                console.print(f"{c['a']} − {c['b']} at {c['sparsity']:g}, {c['metric']}: "
+                              f"{format_ci({'mean': c['mean_diff'], 'ci95': c['ci95']}, 3)} "
+                              f"(Wilcoxon p {p}, smallest possible {c['min_possible_p']:.3g})", highlight=False)
+    console.print(f"per seed: [bold]{agg['out']}[/]/seed-<s>/   aggregate: {agg['out']}/seeds.json")
 
 
 @command(app, "eval", recorded_data_options, output_options)

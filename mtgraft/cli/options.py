@@ -63,6 +63,12 @@ def resume_option(
     """--resume."""
 
 
+def seeds_option(
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma list of seeds, e.g. 13,21,42: one run per seed (OUT/seed-<s>/) and their mean, sd and 95% interval (OUT/seeds.json); not with --seed.", rich_help_panel=DATA),
+) -> None:
+    """--seeds (``train``, ``train-multitask``, ``graft``)."""
+
+
 def recorded_data_options(
     k: str | None = typer.Option(None, "--k", help="Examples per class for train (and dev), or 'all'.", rich_help_panel=RECORDED),
     data_seed: int | None = typer.Option(None, "--data-seed", help="Data seed of the k-shot splits.", rich_help_panel=RECORDED),

@@ -7,12 +7,14 @@ from typing import Any
 import typer
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import command, metrics_table, run_config
-from mtgraft.cli.options import DATA, OUT, output_options, resume_option, training_options
+from mtgraft.cli.common import command, metrics_table, run_config, seeds_of, seeds_table
+from mtgraft.cli.options import DATA, OUT, output_options, resume_option, seeds_option, training_options
 from mtgraft.progress import console
 
+TEST_FIELDS = [(k, f"test.{k}") for k in ("accuracy", "macro_f1", "ece", "brier")]
 
-@command(app, "train", training_options, resume_option, output_options)
+
+@command(app, "train", training_options, seeds_option, resume_option, output_options)
 def train_cmd(
     ctx: typer.Context,
     task: str | None = typer.Option(None, "--task", help="Task name from 'mtgraft tasks list', or a task YAML.", rich_help_panel=DATA),
@@ -22,9 +24,16 @@ def train_cmd(
     """Fine-tune a model on one task; keep the best dev checkpoint; evaluate on test."""
     from mtgraft.config import TrainConfig
     from mtgraft.training import train
+    from mtgraft.workflows.seeds import train_seeds
 
-    result = run_config(ctx, TrainConfig, {"task": task, "out": out, **opts}, train, required=("task",))
+    seeds = seeds_of(ctx, opts)
+    work = train if seeds is None else (lambda cfg, show_progress: train_seeds(cfg, seeds, show_progress))
+    result = run_config(ctx, TrainConfig, {"task": task, "out": out, **opts}, work, required=("task",))
     if result is None:
+        return
+    if isinstance(result, dict):  # several seeds: the aggregate
+        console.print(seeds_table(f"mtgraft train · {result['task']} · test", result, TEST_FIELDS))
+        console.print(f"checkpoints: [bold]{result['out']}[/]/seed-<s>/   aggregate: {result['out']}/seeds.json")
         return
     t = metrics_table(f"mtgraft train · {result.task}", "split", [("dev", result.dev), ("test", result.test)])
     console.print(t)

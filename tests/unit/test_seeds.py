@@ -1,0 +1,191 @@
+"""Seeds as an axis (``--seeds``): one run per seed under OUT/seed-<s>/, and their aggregate (mean, sd, 95% CI).
+
+Expected aggregates are recomputed here from the per-seed files with numpy/scipy, not with the package's
+``aggregate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from mtgraft.errors import MtgraftError
+from mtgraft.testing import example_task_yaml, make_tiny_checkpoint, make_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(tmp_path / "mlruns"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seeds")
+    pre = make_tiny_model("head", d / "pre", seed=1)
+    ck = make_tiny_checkpoint(d / "ft", pre, example_task_yaml(), seed=2)
+    return {"pre": pre, "ft": ck, "dir": d}
+
+
+def cli(*args: str):
+    from mtgraft.cli import app as appmod
+
+    appmod._register()
+    return CliRunner().invoke(appmod.app, list(args), catch_exceptions=False)
+
+
+def expected(values: list[float]) -> tuple[float, float | None, list[float] | None]:
+    """mean, sd (n − 1) and the 95% t-interval, computed independently of mtgraft."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return float(x.mean()), None, None
+    sd = float(np.sqrt(((x - x.mean()) ** 2).sum() / (x.size - 1)))
+    h = stats.t.ppf(0.975, x.size - 1) * sd / math.sqrt(x.size)
+    return float(x.mean()), sd, [float(x.mean() - h), float(x.mean() + h)]
+
+
+def check_agg(agg: dict, key: str, values: list[float]) -> None:
+    mean, sd, ci = expected(values)
+    assert agg["mean"][key] == pytest.approx(mean)
+    if sd is None:
+        assert agg["sd"][key] is None
+    else:
+        assert agg["sd"][key] == pytest.approx(sd)
+        assert agg["ci95"][key] == pytest.approx(ci)
+
+
+TRAIN = ["--model", "{pre}", "--k", "2", "--max-steps", "4", "--eval-every", "2", "--batch-size", "2",
+         "--lr", "0.1", "--max-length", "32"]
+
+
+def _train_args(tiny, *extra: str) -> list[str]:
+    return ["train", "--task", example_task_yaml(), *[a.format(pre=tiny["pre"]) for a in TRAIN], *extra]
+
+
+def test_train_seeds_one_checkpoint_per_seed_and_aggregate(tiny, tmp_path):
+    out = tmp_path / "D"
+    res = cli(*_train_args(tiny, "--seeds", "13,21", "--out", str(out), "--json"))
+    assert res.exit_code == 0, res.output
+    agg = json.loads(res.stdout)
+    assert agg["seeds"] == [13, 21]
+    assert not (out / "mtgraft.json").exists()  # several seeds: not the single-seed layout
+    metas = {s: json.loads((out / f"seed-{s}" / "mtgraft.json").read_text()) for s in (13, 21)}
+    assert {s: m["data"]["seed"] for s, m in metas.items()} == {13: 13, 21: 21}
+    assert metas[13]["train_config"]["seed"] == 13 and metas[21]["train_config"]["seed"] == 21
+    # the two checkpoints differ (different data and training seeds)
+    from safetensors.numpy import load_file
+
+    def weights(s: int) -> dict:
+        files = sorted((out / f"seed-{s}").glob("*.safetensors"))
+        assert files
+        return {k: v for f in files for k, v in load_file(f).items()}
+
+    w13, w21 = weights(13), weights(21)
+    assert any(not np.array_equal(w13[k], w21[k]) for k in w13)
+    # seeds.json = the --json output; its aggregate is the mean/sd of the per-seed test metrics
+    on_disk = json.loads((out / "seeds.json").read_text())
+    assert on_disk["mean"] == agg["mean"] and on_disk["per_seed"] == agg["per_seed"]
+    for key in ("accuracy", "ece", "brier"):
+        check_agg(agg, f"test.{key}", [metas[s]["metrics"]["test"][key] for s in (13, 21)])
+    assert agg["per_seed"]["21"]["checkpoint"] == str(out / "seed-21")
+
+
+def test_train_one_seed_keeps_the_old_layout(tiny, tmp_path):
+    out = tmp_path / "one"
+    res = cli(*_train_args(tiny, "--seeds", "21", "--out", str(out), "--json"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "mtgraft.json").read_text())["data"]["seed"] == 21
+    assert not (out / "seeds.json").exists()
+
+
+def test_seed_and_seeds_together_is_one_clear_error(tiny, tmp_path):
+    res = cli(*_train_args(tiny, "--seed", "13", "--seeds", "13,21", "--out", str(tmp_path / "x")))
+    assert res.exit_code != 0
+    assert "give either --seed or --seeds, not both" in res.output
+    assert not (tmp_path / "x").exists()
+    res = cli(*_train_args(tiny, "--seeds", "13,13", "--out", str(tmp_path / "x")))
+    assert res.exit_code != 0 and "13 given twice" in res.output
+
+
+def test_parse_seeds():
+    from mtgraft.workflows.seeds import parse_seeds
+
+    assert parse_seeds(None) is None
+    assert parse_seeds("13, 21,42") == [13, 21, 42]
+    assert parse_seeds([5]) == [5]
+    for bad in ("13,x", "", "1,2,1"):
+        with pytest.raises(MtgraftError, match="--seeds"):
+            parse_seeds(bad)
+    with pytest.raises(MtgraftError, match="not both"):
+        parse_seeds("13", seed_given=True)
+
+
+GRAFT = ["--task", example_task_yaml(), "--sparsity", "0.01,0.05", "--method", "graft,topk,random",
+         "--updates", "2", "--max-test", "12", "--no-register"]
+
+
+def test_graft_seeds_json_aggregates_per_method_and_sparsity(tiny, tmp_path):
+    out = tmp_path / "G"
+    res = cli("graft", "--finetuned", tiny["ft"], *GRAFT, "--seeds", "13,21,42", "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    agg = json.loads(res.stdout)
+    assert agg["seeds"] == [13, 21, 42]
+    assert agg["finetuned"] == {str(s): tiny["ft"] for s in (13, 21, 42)}  # one checkpoint, selection seeds vary
+    per_file = {s: json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (13, 21, 42)}
+    assert {(r["method"], r["sparsity"]) for r in agg["results"]} == \
+        {(m, s) for m in ("graft", "topk", "random") for s in (0.01, 0.05)}
+    for r in agg["results"]:
+        assert {"seeds", "per_seed", "mean", "sd", "ci95"} <= set(r)
+        assert r["seeds"] == [13, 21, 42]
+        own = {s: next(e for e in per_file[s]["results"] if e["method"] == r["method"]
+                       and e["sparsity"] == r["sparsity"]) for s in (13, 21, 42)}
+        for key in ("accuracy", "ece", "rel"):
+            values = [own[s]["test"][key] for s in (13, 21, 42)]
+            assert [r["per_seed"][str(s)][key] for s in (13, 21, 42)] == values
+            if all(v is not None for v in values):
+                check_agg(r, key, values)
+        check_agg(r, "region_size", [own[s]["region_size"] for s in (13, 21, 42)])
+    # the random baseline depends on the selection seed: its regions differ between seeds
+    rnd = [next(e for e in per_file[s]["results"] if e["method"] == "random") for s in (13, 21)]
+    assert rnd[0]["region_size"] == rnd[1]["region_size"]
+    # graft against each other method at equal size, paired over seeds
+    comp = [c for c in agg["comparisons_over_seeds"] if c["b"] == "topk" and c["metric"] == "accuracy"
+            and c["sparsity"] == 0.01]
+    assert len(comp) == 1
+    g = next(r for r in agg["results"] if r["method"] == "graft" and r["sparsity"] == 0.01)
+    t = next(r for r in agg["results"] if r["method"] == "topk" and r["sparsity"] == 0.01)
+    diffs = [g["per_seed"][str(s)]["accuracy"] - t["per_seed"][str(s)]["accuracy"] for s in (13, 21, 42)]
+    assert comp[0]["diffs"] == pytest.approx(diffs)
+    assert comp[0]["min_possible_p"] == pytest.approx(0.25)
+    assert json.loads((out / "seeds.json").read_text())["results"] == agg["results"]
+
+
+def test_graft_over_a_seeds_folder_pairs_checkpoint_and_seed(tiny, tmp_path):
+    d = tmp_path / "D"
+    for s, move in ((13, 5), (21, 6)):
+        make_tiny_checkpoint(d / f"seed-{s}", tiny["pre"], example_task_yaml(), seed=move)
+    out = tmp_path / "G"
+    res = cli("graft", "--finetuned", str(d), *GRAFT, "--method", "graft", "--sparsity", "0.01",
+              "--seeds", "13,21", "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    agg = json.loads(res.stdout)
+    assert agg["finetuned"] == {"13": str(d / "seed-13"), "21": str(d / "seed-21")}
+    from mtgraft.patches import SkillPatch
+
+    for s in (13, 21):
+        data = json.loads((out / f"seed-{s}" / "results.json").read_text())
+        patch = SkillPatch.load(out / f"seed-{s}" / Path(data["results"][0]["patch"]).name)
+        assert patch.header.seed == s
+        assert Path(data["finetuned"]).resolve() == (d / f"seed-{s}").resolve()
+    # a seed the folder does not hold; and the folder without --seeds
+    res = cli("graft", "--finetuned", str(d), *GRAFT, "--seeds", "13,42", "--out", str(tmp_path / "H"))
+    assert res.exit_code != 0 and "none for 42" in res.output
+    res = cli("graft", "--finetuned", str(d), *GRAFT, "--out", str(tmp_path / "H"))
+    assert res.exit_code != 0 and "give --seeds" in res.output
