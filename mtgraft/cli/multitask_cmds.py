@@ -8,15 +8,15 @@ import typer
 from rich.table import Table
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import command, fmt, metrics_table, run_config
-from mtgraft.cli.options import OUT, output_options, resume_option, training_options
+from mtgraft.cli.common import command, fmt, metrics_table, run_config, seeds_of, seeds_table
+from mtgraft.cli.options import OUT, output_options, resume_option, seeds_option, training_options
 from mtgraft.progress import console
 
 MT = "Multi-task"
 GRAFT = "Graft-based continual learning (sequential)"
 
 
-@command(app, "train-multitask", training_options, resume_option, output_options)
+@command(app, "train-multitask", training_options, seeds_option, resume_option, output_options)
 def train_multitask_cmd(
     ctx: typer.Context,
     tasks: str | None = typer.Option(None, "--tasks", help="Comma list of task names or task YAMLs (the order of a sequential run).", rich_help_panel=MT),
@@ -35,11 +35,21 @@ def train_multitask_cmd(
     from mtgraft.training import is_main_process
     from mtgraft.training.multitask import MultitaskConfig
     from mtgraft.workflows.continual import train_multitask_with_grafts
+    from mtgraft.workflows.seeds import train_multitask_seeds
 
-    own = {k: v for k, v in locals().items() if k not in ("ctx", "opts")}
-    result = run_config(ctx, MultitaskConfig, {**own, **opts}, train_multitask_with_grafts, required=("tasks",),
-                        emit=is_main_process)
+    seeds = seeds_of(ctx, opts)
+    own = {k: v for k, v in locals().items() if k not in ("ctx", "opts", "seeds")}
+    work = (train_multitask_with_grafts if seeds is None
+            else (lambda cfg, show_progress: train_multitask_seeds(cfg, seeds, show_progress)))
+    result = run_config(ctx, MultitaskConfig, {**own, **opts}, work, required=("tasks",), emit=is_main_process)
     if result is None:
+        return
+    if isinstance(result, dict):  # several seeds: the aggregate
+        fields = [(f"{n} acc", f"test.{n}.accuracy") for n in result["tasks"]]
+        if result["mode"] == "sequential":
+            fields += [("ACC", "continual.acc"), ("BWT", "continual.bwt")]
+        console.print(seeds_table(f"mtgraft train-multitask · {result['mode']} · test", result, fields))
+        console.print(f"checkpoints: [bold]{result['out']}[/]/seed-<s>/   aggregate: {result['out']}/seeds.json")
         return
     t = metrics_table(f"mtgraft train-multitask · {result.mode} · test (ECE with 10 equal-width bins)", "task",
                       [(name, result.test[name]) for name in result.tasks])

@@ -189,3 +189,21 @@ def test_graft_over_a_seeds_folder_pairs_checkpoint_and_seed(tiny, tmp_path):
     assert res.exit_code != 0 and "none for 42" in res.output
     res = cli("graft", "--finetuned", str(d), *GRAFT, "--out", str(tmp_path / "H"))
     assert res.exit_code != 0 and "give --seeds" in res.output
+
+
+def test_train_multitask_seeds(tiny, tmp_path):
+    from mtgraft.testing import write_topic_task
+
+    tasks = [example_task_yaml(), write_topic_task(tmp_path / "topic")]
+    out = tmp_path / "MT"
+    res = cli("train-multitask", "--tasks", ",".join(tasks), "--mode", "joint", "--model", tiny["pre"], "--k", "2",
+              "--max-test", "all", "--max-length", "32", "--batch-size", "4", "--max-steps", "2", "--eval-every",
+              "2", "--lr", "0.05", "--sampling", "uniform", "--seeds", "5,6", "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    agg = json.loads(res.stdout)
+    assert agg["seeds"] == [5, 6] and agg["mode"] == "joint" and len(agg["tasks"]) == 2
+    metas = {s: json.loads((out / f"seed-{s}" / "mtgraft.json").read_text()) for s in (5, 6)}
+    assert [metas[s]["data"]["seed"] for s in (5, 6)] == [5, 6]
+    for name in agg["tasks"]:
+        check_agg(agg, f"test.{name}.accuracy", [metas[s]["metrics"]["test"][name]["accuracy"] for s in (5, 6)])
+    assert json.loads((out / "seeds.json").read_text())["mean"] == agg["mean"]
