@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from mtgraft.errors import MtgraftError
 
@@ -144,11 +152,18 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class TrainConfig(DataConfig):
-    """Settings of ``mtgraft train`` (docs/method.md §1 reference settings are the defaults)."""
+    """Settings of ``mtgraft train``. Options not given come from a preset (``mtgraft/presets.py``):
+    ``recipe='auto'`` takes the measured preset of (model, type), ``'paper'`` docs/method.md §1 exactly;
+    the field defaults below are the paper's."""
 
     task: str
     model: str = DEFAULT_MODEL
     type: ModelType = "head"
+    recipe: Literal["auto", "paper"] = Field("auto", description="preset of the options not given")
+    pooling: Literal["auto", "first", "mean", "pooler"] = Field(
+        "first", description="head type: what the new head reads (auto = the model's shipped pooling, else first)")
+    preset: str = Field("", description="set on validation: the preset that filled options")
+    preset_filled: list[str] = Field(default_factory=list, description="set on validation: options it filled")
     optimizer: Optimizer = "sgd"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -166,5 +181,12 @@ class TrainConfig(DataConfig):
     out: str | None = None
     tracking_uri: str | None = None
     resume: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        from mtgraft.presets import fill
+
+        return fill(data) if isinstance(data, dict) else data
 
 

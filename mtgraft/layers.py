@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # (name, parts, ordered): parts are module prefixes; the root module ``mtgraft`` itself matches only exactly.
 LAYERS: list[tuple[str, list[str], bool]] = [
-    ("core", ["mtgraft", "mtgraft.layers", "mtgraft.errors", "mtgraft.utils", "mtgraft.config",
+    ("core", ["mtgraft", "mtgraft.layers", "mtgraft.errors", "mtgraft.utils", "mtgraft.presets", "mtgraft.config",
               "mtgraft.progress", "mtgraft.resume", "mtgraft.tracking"], True),
     ("data and artifacts", ["mtgraft.tasks", "mtgraft.models", "mtgraft.patches"], True),
     ("evaluation", ["mtgraft.evaluation"], True),

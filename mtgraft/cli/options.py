@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import typer
 
+from mtgraft.presets import option_help, recipe_help
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DATA = "Data"
@@ -84,17 +86,19 @@ def training_options(
     k: str = typer.Option("64", "--k", help="Examples per class for train (and again for dev), or 'all'.", rich_help_panel=DATA),
     seed: int = typer.Option(13, "--seed", help="Data and training seed (paper: 13, 21, 42, 87, 100).", rich_help_panel=DATA),
     max_test: str = typer.Option("1000", "--max-test", help="Cap on test examples per task, or 'all'.", rich_help_panel=DATA),
-    max_length: int = typer.Option(128, "--max-length", help="Max tokens per example.", rich_help_panel=DATA),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd | adamw.", rich_help_panel=OPT),
-    lr: float = typer.Option(1e-3, "--lr", rich_help_panel=OPT),
+    max_length: int | None = typer.Option(None, "--max-length", help=option_help("max_length", "Max tokens per example."), rich_help_panel=DATA),
+    recipe: str = typer.Option("auto", "--recipe", help=recipe_help(), rich_help_panel=OPT),
+    pooling: str | None = typer.Option(None, "--pooling", help=option_help("pooling", "type head: what the new head reads: first (token) | mean (of the real tokens, padding excluded) | pooler (the pretrained pooler, frozen with --freeze-head) | auto (the pooling the model ships in its sentence-transformers config, else first)."), rich_help_panel=MODEL),
+    optimizer: str | None = typer.Option(None, "--optimizer", help=option_help("optimizer", "sgd | adamw."), rich_help_panel=OPT),
+    lr: float | None = typer.Option(None, "--lr", help=option_help("lr", "Learning rate."), rich_help_panel=OPT),
     weight_decay: float = typer.Option(1e-4, "--weight-decay", help="Not applied to biases and LayerNorm weights.", rich_help_panel=OPT),
-    batch_size: int = typer.Option(2, "--batch-size", help="Global batch size (split across processes under accelerate launch).", rich_help_panel=OPT),
-    max_steps: int = typer.Option(1000, "--max-steps", help="Training steps (per stage in a sequential run).", rich_help_panel=OPT),
+    batch_size: int | None = typer.Option(None, "--batch-size", help=option_help("batch_size", "Global batch size (split across processes under accelerate launch)."), rich_help_panel=OPT),
+    max_steps: int | None = typer.Option(None, "--max-steps", help=option_help("max_steps", "Training steps (per stage in a sequential run)."), rich_help_panel=OPT),
     eval_every: int = typer.Option(100, "--eval-every", help="Dev evaluation interval; the best dev state is kept (several tasks: mean dev accuracy).", rich_help_panel=OPT),
     grad_clip: float = typer.Option(1.0, "--grad-clip", rich_help_panel=OPT),
     head_lr: float | None = typer.Option(None, "--head-lr", help="lr of the new task heads (default: --lr).", rich_help_panel=OPT),
     freeze_embeddings: bool = typer.Option(True, "--freeze-embeddings/--no-freeze-embeddings", rich_help_panel=MODEL),
-    freeze_head: bool = typer.Option(True, "--freeze-head/--no-freeze-head", help="Freeze the LM head (prompt/causal).", rich_help_panel=MODEL),
+    freeze_head: bool = typer.Option(True, "--freeze-head/--no-freeze-head", help="Freeze the LM head (prompt/causal) and the pretrained pooler a head reads (--pooling pooler).", rich_help_panel=MODEL),
     bias_only: bool = typer.Option(False, "--bias-only", help="BitFit: train biases only (+ task heads).", rich_help_panel=MODEL),
     l1_to_pretrained: float = typer.Option(0.0, "--l1-to-pretrained", help="lambda of an L1 penalty ||theta - theta_pre||_1.", rich_help_panel=OPT),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda.", rich_help_panel=MODEL),

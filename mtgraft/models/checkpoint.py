@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path) -> tuple[TaskModel, CheckpointMeta]:
     meta = read_checkpoint_meta(p)
     tok = load_tokenizer(str(p))
     try:
-        backbone = load_backbone(str(p), meta.model_type)
+        backbone = load_backbone(str(p), meta.model_type, pooler=any(t.pooling == "pooler" for t in meta.tasks))
     except MtgraftError as e:
         raise MtgraftError(f"corrupt or incomplete checkpoint {p}: {e}") from None
     except Exception as e:  # safetensors/torch errors on truncated weights
@@ -146,7 +146,7 @@ def resolve_task(ref: str, meta: CheckpointMeta | None = None, what: str = "the 
 
 
 def load_pretrained_like(meta: CheckpointMeta, pretrained: str | None = None) -> TaskModel:
-    """The pretrained model a checkpoint came from (same type and tasks, new heads)."""
+    """The pretrained model a checkpoint came from (same type, tasks and pooling, new heads)."""
     name = pretrained or meta.pretrained.get("name")
     if not name:
         raise MtgraftError("the checkpoint does not record its pretrained model; pass --pretrained")

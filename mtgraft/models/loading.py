@@ -59,8 +59,31 @@ def _load_error(path: str, e: Exception) -> str:
     return f"cannot load model '{path}': {first}"
 
 
-def load_backbone(path: str, model_type: str) -> nn.Module:
-    """Load the backbone that serves ``model_type`` from a name or folder."""
+def shipped_pooling(path: str) -> str | None:
+    """The pooling a model folder ships in its sentence-transformers config (``modules.json`` naming a
+    ``Pooling`` module, whose ``config.json`` sets the mode): ``mean`` or ``first`` (CLS), else None."""
+    import json
+    from pathlib import Path
+
+    root = Path(path)
+    try:
+        modules = json.loads((root / "modules.json").read_text())
+        sub = next(m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling"))
+        conf = json.loads((root / sub / "config.json").read_text())
+    except (OSError, ValueError, StopIteration, AttributeError, TypeError):
+        return None
+    if not isinstance(conf, dict):
+        return None
+    if conf.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if conf.get("pooling_mode_cls_token"):
+        return "first"
+    return None  # max / sqrt-length / weighted poolings are not offered: the caller falls back to first token
+
+
+def load_backbone(path: str, model_type: str, pooler: bool = False) -> nn.Module:
+    """Load the backbone that serves ``model_type`` from a name or folder (``pooler``: keep an encoder's
+    pretrained pooler layer, for heads that read it; otherwise it is dropped)."""
     import transformers
     from transformers import AutoConfig
 
@@ -74,10 +97,17 @@ def load_backbone(path: str, model_type: str) -> nn.Module:
         if model_type == "head":
             from transformers import AutoModel
 
+            no_pooler = MtgraftError(f"pooling 'pooler' needs an encoder with a pretrained pooler layer; '{path}' "
+                                     f"({config.model_type}) has none: use --pooling mean or first")
             try:
-                return AutoModel.from_pretrained(path, add_pooling_layer=False)
+                model, info = AutoModel.from_pretrained(path, add_pooling_layer=pooler, output_loading_info=True)
             except TypeError:
+                if pooler:
+                    raise no_pooler from None
                 return AutoModel.from_pretrained(path)
+            if pooler and any(k.startswith("pooler.") for k in info.get("missing_keys", [])):
+                raise no_pooler  # it would be newly initialised, not the pretrained one
+            return model
         if model_type == "prompt":
             from transformers import AutoModelForMaskedLM
 

@@ -2,7 +2,9 @@
 
 A :class:`TaskModel` wraps a Hugging Face backbone and maps a batch to logits over a task's labels:
 
-- ``head``: an encoder plus one new linear head per task on the first token;
+- ``head``: an encoder plus one new linear head per task on a pooled representation of the input: the
+  first token, the mean over the real (non-padding) tokens, or the pretrained pooler (``TaskInfo.pooling``,
+  docs/method.md §1; recorded with every checkpoint and patch, absent = first token);
 - ``prompt``: a masked LM; logits of the label words at the template's mask position;
 - ``causal``: a causal LM; logits of the label words' first token after the template.
 """
@@ -10,15 +12,18 @@ A :class:`TaskModel` wraps a Hugging Face backbone and maps a batch to logits ov
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from mtgraft.errors import MtgraftError
-from mtgraft.models.loading import load_backbone, load_tokenizer, resolve_model_path
+from mtgraft.models.loading import load_backbone, load_tokenizer, resolve_model_path, shipped_pooling
 from mtgraft.utils import content_hash
+
+Pooling = Literal["first", "mean", "pooler"]
+POOLINGS = ("first", "mean", "pooler")
 
 
 class TaskInfo(BaseModel):
@@ -31,6 +36,14 @@ class TaskInfo(BaseModel):
     template: str | None = None
     pair: bool = False
     spec_file: str | None = None  # local tasks: the task YAML, so later stages can find the data by itself
+    # ``head`` type: what the task's head reads (None = the first token: checkpoints and patches from before
+    # the option had no such key and were trained on the first token)
+    pooling: Pooling | None = None
+
+    @property
+    def head_input(self) -> str:
+        """The pooling this task's head reads (``first`` when none is recorded)."""
+        return self.pooling or "first"
 
     @classmethod
     def from_spec(cls, spec: Any) -> TaskInfo:
@@ -137,9 +150,12 @@ class TaskModel(nn.Module):
 
     def context_names(self) -> list[str]:
         """Backbone tensors outside the graftable set that the forward pass uses: the embeddings, and for
-        ``prompt``/``causal`` the LM head (a ``head`` model's pooler is never used). A patch's effect depends
-        on them as much as on the graftable body."""
-        skip = set(self.graftable_names()) | (set(self.lm_head_param_names()) if self.model_type == "head" else set())
+        ``prompt``/``causal`` the LM head (a ``head`` model's pooler only when a task's head reads it,
+        ``pooling='pooler'``). A patch's effect depends on them as much as on the graftable body."""
+        skip = set(self.graftable_names())
+        if self.model_type == "head":
+            uses_pooler = any(t.head_input == "pooler" for t in self.tasks.values())
+            skip |= {n for n in self.lm_head_param_names() if not (uses_pooler and n.startswith("backbone.pooler."))}
         return [n for n, _ in self.named_parameters() if n.startswith("backbone.") and n not in skip]
 
     def context_hash(self) -> str:
@@ -157,7 +173,7 @@ class TaskModel(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         if self.model_type == "head":
             out = self.backbone(**kwargs)
-            hidden = out.last_hidden_state[:, 0]
+            hidden = pool(out, attention_mask, self.tasks[task].head_input)
             return self.heads[task](self.dropout(hidden))
         if positions is None:
             if self.model_type == "prompt":
@@ -180,12 +196,49 @@ class TaskModel(nn.Module):
         return logits.index_select(-1, ids)
 
 
-def build_task_model(model: str, model_type: str, tasks: list[TaskInfo] | list[Any]) -> TaskModel:
-    """A pretrained backbone (by name or folder, 'minilm' = embedded default) with new task heads."""
+def pool(out: Any, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """What a ``head`` reads from an encoder output: the first token, the mean of the real tokens (padding
+    excluded by ``attention_mask``), or the pretrained pooler's output (docs/method.md §1)."""
+    hidden = out.last_hidden_state
+    if pooling == "first":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    if pooling == "pooler":
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            raise MtgraftError("pooling 'pooler' needs a backbone with a pooler layer; this one has none")
+        return pooled
+    raise MtgraftError(f"unknown pooling '{pooling}' (use first, mean or pooler)")
+
+
+def resolve_pooling(pooling: str | None, path: str, model_type: str) -> str | None:
+    """The concrete pooling of a ``head`` model: ``auto`` is the pooling the model ships in its
+    sentence-transformers config (mean for all-MiniLM-L6-v2) when it ships one, else the first token.
+    None for ``prompt``/``causal`` (no new head)."""
+    if model_type != "head":
+        return None
+    if pooling in (None, "auto"):
+        return shipped_pooling(path) or "first"
+    if pooling not in POOLINGS:
+        raise MtgraftError(f"unknown pooling '{pooling}' (use auto, first, mean or pooler)")
+    return pooling
+
+
+def build_task_model(model: str, model_type: str, tasks: list[TaskInfo] | list[Any],
+                     pooling: str | None = None) -> TaskModel:
+    """A pretrained backbone (by name or folder, 'minilm' = embedded default) with new task heads.
+
+    ``pooling`` (``auto``, ``first``, ``mean``, ``pooler``) sets what every new head reads; None keeps what
+    each ``TaskInfo`` records (rebuilding the pretrained model of a checkpoint or patch)."""
     infos = [t if isinstance(t, TaskInfo) else TaskInfo.from_spec(t) for t in tasks]
     path = resolve_model_path(model)
+    if pooling is not None:
+        chosen = resolve_pooling(pooling, path, model_type)
+        infos = [t.model_copy(update={"pooling": chosen}) for t in infos]
     tok = load_tokenizer(path)
     if model_type == "prompt" and tok.mask_token_id is None:
         raise MtgraftError(f"type 'prompt' needs a tokenizer with a mask token; '{model}' has none")
-    backbone = load_backbone(path, model_type)
+    backbone = load_backbone(path, model_type, pooler=any(t.pooling == "pooler" for t in infos))
     return TaskModel(backbone, model_type, infos, tok, pretrained_name=model)

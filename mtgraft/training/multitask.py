@@ -254,7 +254,7 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
     show = show_progress and dist.is_main
     splits = {n: make_splits(s, cfg.k, cfg.seed, cfg.max_test) for n, s in zip(names, specs, strict=True)}
     set_seed(cfg.seed)
-    model = build_task_model(cfg.model, cfg.type, specs)
+    model = build_task_model(cfg.model, cfg.type, specs, pooling=cfg.pooling)
     pre_hash = model.base_hash()
     set_trainable(model, cfg.freeze_embeddings, cfg.freeze_head, cfg.bias_only)
     model.to(device)

@@ -57,7 +57,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
     show_progress = show_progress and dist.is_main
     splits = make_splits(task, cfg.k, cfg.seed, cfg.max_test)
     set_seed(cfg.seed)
-    model = build_task_model(cfg.model, cfg.type, [task])
+    model = build_task_model(cfg.model, cfg.type, [task], pooling=cfg.pooling)
     pre_hash = model.base_hash()
     set_trainable(model, cfg.freeze_embeddings, cfg.freeze_head, cfg.bias_only)
     model.to(device)
