@@ -32,6 +32,10 @@ DOMAIN_MORE_RATIO = 1.25
 """Same-domain median enrichment at least this times the cross-domain one: same-domain tasks overlap more."""
 DOMAIN_LESS_RATIO = 0.8
 """... at most this times: they overlap less (in between: about as much)."""
+MIN_DOMAIN_PAIRS = 3
+"""Pairs needed on each side (same domain, different domains) before the report compares them at all."""
+NO_STRUCTURE_MODULARITY = 0.1
+"""Modularity of the task graph's communities below this: no community structure (one group says nothing)."""
 MIN_POOLED_EXPECTED = 1.0
 """A module kind enters the where-is-the-overlap sentence only when chance expects this many shared entries."""
 NOISY_REL_SE = 0.2
@@ -132,8 +136,13 @@ def pair_sentences(by: Mapping[str, list[dict[str, Any]]], strong: Sequence[dict
 
 
 def domain_sentence(cmp: Mapping[str, Any], domains: Sequence[str]) -> str:
-    """Same- vs cross-domain overlap (``cmp`` from ``stats.domain_comparison``; ``domains`` = the shared ones)."""
+    """Same- vs cross-domain overlap (``cmp`` from ``stats.domain_comparison``; ``domains`` = the shared ones);
+    with fewer than ``MIN_DOMAIN_PAIRS`` pairs on either side, only that there is too little to tell."""
     s, c = cmp["same_domain"], cmp["cross_domain"]
+    if min(s["n"], c["n"]) < MIN_DOMAIN_PAIRS:
+        return (f"Same-domain vs cross-domain overlap: too few pairs to tell ({fmt_pairs(s['n'])} within a domain "
+                f"({', '.join(domains)}), {fmt_pairs(c['n'])} across domains; the report compares them from "
+                f"{MIN_DOMAIN_PAIRS} pairs on each side).")
     ms, mc = s["median_enrichment"], c["median_enrichment"]
     ratio = ms / mc if mc > 0 else math.inf
     verdict = ("more than" if ratio >= DOMAIN_MORE_RATIO else "less than" if ratio <= DOMAIN_LESS_RATIO
@@ -152,15 +161,25 @@ def domain_sentence(cmp: Mapping[str, Any], domains: Sequence[str]) -> str:
 
 
 def concentration_sentence(pooled_module: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any]]) -> str | None:
-    """The module kinds where shared entries are most and least enriched (summed over all pairs)."""
-    pm = [g for g in pooled_module if g["enrichment"] is not None and g["expected"] >= MIN_POOLED_EXPECTED]
+    """The module kinds where shared entries are most and least enriched (summed over all pairs), ranked among
+    the kinds where chance expects at least ``MIN_POOLED_EXPECTED`` shared entries; the kinds left out by that
+    rule are named with their enrichment, so the sentence never contradicts the table."""
+    usable = [g for g in pooled_module if g["enrichment"] is not None]
+    pm = [g for g in usable if g["expected"] >= MIN_POOLED_EXPECTED]
     if not (pm and pairs and sum(g["observed"] for g in pm) > 0):
         return None
     top = max(pm, key=lambda g: g["enrichment"])
     low = min(pm, key=lambda g: g["enrichment"])
-    return (f"Summed over all pairs, shared entries are most enriched in {top['module']} "
-            f"({fmt_x(top['enrichment'])} chance within it) and least in {low['module']} "
-            f"({fmt_x(low['enrichment'])}).")
+    sparse = sorted((g for g in usable if g["expected"] < MIN_POOLED_EXPECTED), key=lambda g: -g["enrichment"])
+    left = ""
+    if sparse:
+        kinds = ", ".join(f"{g['module']} {fmt_x(g['enrichment'])} ({g['observed']:,} shared vs "
+                          f"{g['expected']:.2g} expected)" for g in sparse)
+        left = (f" Left out of that ranking because chance expects fewer than {MIN_POOLED_EXPECTED:g} shared "
+                f"entry there, so their enrichment rests on a tiny denominator: {kinds}.")
+    return (f"Summed over all pairs, among module kinds where chance expects at least {MIN_POOLED_EXPECTED:g} shared "
+            f"entry, shared entries are most enriched in {top['module']} ({fmt_x(top['enrichment'])} chance within "
+            f"it) and least in {low['module']} ({fmt_x(low['enrichment'])}).{left}")
 
 
 def graph_sentence(graph_info: Mapping[str, Any]) -> str:
@@ -168,8 +187,14 @@ def graph_sentence(graph_info: Mapping[str, Any]) -> str:
     me, mp = graph_info["min_enrichment"], graph_info["max_p"]
     if graph_info["edges"]:
         groups = "; ".join("{" + ", ".join(c) + "}" for c in graph_info["communities"])
-        return (f"The task graph (edges: beyond chance, enrichment ≥ {me:g}, adjusted p ≤ {mp:g}) has {graph_info['edges']} edge(s); "
-                f"greedy modularity groups the tasks as {groups}.")
+        head = (f"The task graph (edges: beyond chance, enrichment ≥ {me:g}, adjusted p ≤ {mp:g}) has "
+                f"{graph_info['edges']} edge(s)")
+        q = graph_info.get("modularity")
+        if q is not None and q < NO_STRUCTURE_MODULARITY:
+            return (f"{head}, but no community structure: the best grouping ({groups}) has modularity {q:.3f} "
+                    f"(below {NO_STRUCTURE_MODULARITY:g}), so the graph does not split these tasks into groups.")
+        mod = f" (modularity {q:.3f})" if q is not None else ""
+        return f"{head}; greedy modularity groups the tasks as {groups}{mod}."
     return (f"No pair is beyond chance with enrichment ≥ {me:g} and adjusted p ≤ {mp:g}: the task graph has no "
             "edges.")
 

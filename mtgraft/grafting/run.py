@@ -22,6 +22,7 @@ from mtgraft.errors import MtgraftError
 from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
 from mtgraft.evaluation.predict import evaluate_probs
 from mtgraft.grafting.config import GraftConfig, data_settings
+from mtgraft.grafting.intervals import Bootstrap, comparisons, default_pairs
 from mtgraft.grafting.methods import Method, SelectContext, Selection, get_method
 from mtgraft.grafting.space import GraftSpace, budget_k
 from mtgraft.models import (
@@ -152,7 +153,7 @@ def _graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_pro
                 on_written: OnWritten | None) -> GraftResult:
     t_start = time.perf_counter()
     inputs = load_inputs(cfg, task_name, meta)
-    ref = reference_metrics(inputs)
+    ref = reference_metrics(inputs, cfg.seed)
     spec, out = inputs.spec, inputs.out
     resume = Resume(ResumeState(out), cfg.resume, {  # a killed run continues with --resume
         "task": spec.name, "finetuned": str(Path(cfg.finetuned).resolve()), "seed": cfg.seed,
@@ -170,7 +171,9 @@ def _graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_pro
     resume.state.clear()
     diag = out / f"{safe_name(spec.name)}-reliability.png"
     return GraftResult(spec.name, str(out), regions.results, ref.to_json(), inputs.space.numel, inputs.head_params,
-                       run.run_id, time.perf_counter() - t_start, {"reliability_diagram": str(diag)})
+                       run.run_id, time.perf_counter() - t_start,
+                       {"comparisons": regions.comparisons, "uncertainty": ref.uncertainty(),
+                        "reliability_diagram": str(diag)})
 
 
 def _graft_in_run(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref: Reference, resume: Resume,
@@ -189,6 +192,7 @@ def _graft_in_run(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
         regions = graft_regions(cfg, meta, inputs, ref, resume, run, tmp, show_progress)
         reliability_diagram(regions.curves, tmp / diag_name, title=f"{spec.name}: reliability (10 equal-width bins)")
         summary = {"task": spec.name, "reference": ref.to_json(), "results": regions.results,
+                   "comparisons": regions.comparisons, "uncertainty": ref.uncertainty(),
                    "graftable_size": inputs.space.numel, "head_params": inputs.head_params, "data": inputs.data,
                    "learn_settings": inputs.settings, "finetuned": str(Path(cfg.finetuned).resolve()),
                    "provenance": provenance()}
@@ -337,6 +341,7 @@ class Reference:
     pretrained: Measured
     finetuned: Measured
     theta_ft: torch.Tensor
+    boot: Bootstrap | None = None  # the shared test resamples (docs/method.md §3, "Uncertainty of one run")
 
     def add_rel(self, m: dict[str, Any]) -> None:
         """Add Rel to metrics ``m`` (and to each of its OOD metrics)."""
@@ -348,9 +353,15 @@ class Reference:
     def to_json(self) -> dict[str, dict[str, Any]]:
         return {"pretrained": self.pretrained.metrics, "finetuned": self.finetuned.metrics}
 
+    def uncertainty(self) -> dict[str, Any] | None:
+        """How the intervals were computed (None without a bootstrap)."""
+        return self.boot.info() if self.boot is not None else None
 
-def reference_metrics(inputs: GraftInputs) -> Reference:
-    """Measure the fine-tuned model, then the pretrained one against its predictions."""
+
+def reference_metrics(inputs: GraftInputs, seed: int = 0) -> Reference:
+    """Measure the fine-tuned model, then the pretrained one against its predictions; draw the paired
+    bootstrap's resamples (seeded by ``seed``) and add the intervals, the fine-tuning gain P_1 − P_0 included
+    (``finetuned.gain``, ``gain_ci95``, ``gain_p``)."""
     theta_ft = inputs.space.pre + inputs.space.delta
     ft = measure(inputs, theta_ft)
     pre = measure(inputs, inputs.space.pre.clone(), ft.preds)
@@ -358,6 +369,9 @@ def reference_metrics(inputs: GraftInputs) -> Reference:
     ref = Reference(pre, ft, theta_ft)
     ref.add_rel(pre.metrics)
     ref.add_rel(ft.metrics)
+    labels = {"test": inputs.test.labels, **{o: e.labels for o, e in inputs.ood.items()}}
+    ref.boot = Bootstrap.build(labels, pre.preds, ft.preds, seed)
+    ref.boot.annotate_reference(pre.metrics, ft.metrics)
     return ref
 
 
@@ -386,6 +400,7 @@ class Regions:
     results: list[dict[str, Any]] = field(default_factory=list)
     written: list[dict[str, Any]] = field(default_factory=list)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # paired, at equal size (intervals.py)
 
 
 def graft_regions(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref: Reference, resume: Resume,
@@ -401,7 +416,7 @@ def graft_regions(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
             t0 = time.perf_counter()
             sel = select(inputs, mname, method, s, cfg.seed, resume, run, show_progress)
             seconds = time.perf_counter() - t0
-            region = evaluate_region(inputs, ref, sel.indices)
+            region = evaluate_region(inputs, ref, sel.indices, (mname, s))
             entry = _entry(inputs, mname, method, s, sel, region.metrics, seconds)
             if method.learned:
                 regions.curves[f"graft s={s:g}"] = (region.probs, labels)
@@ -413,6 +428,13 @@ def graft_regions(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
             run.log_metrics(region.metrics, prefix=f"test/{mname}_s{s:g}/")
             run.log_metrics({"region_size": entry["region_size"], "seconds": seconds}, prefix=f"{mname}_s{s:g}/")
             regions.results.append(entry)
+    if ref.boot is not None:  # each learned method against every other at the same size, paired
+        points = {(r["method"], r["sparsity"]): r["test"] for r in regions.results}
+        regions.comparisons = comparisons(ref.boot, points, default_pairs(
+            list(points), {m: get_method(m).learned for m, _ in points}))
+        for c in regions.comparisons:
+            run.log_metrics({f"{c['metric']}_diff": c["diff"], f"{c['metric']}_diff_ci95": c["ci95"],
+                             f"{c['metric']}_p": c["p"]}, prefix=f"compare/{c['a']}_vs_{c['b']}_s{c['sparsity']:g}/")
     return regions
 
 
@@ -440,10 +462,14 @@ def select(inputs: GraftInputs, mname: str, method: Method, sparsity: float, see
     return sel
 
 
-def evaluate_region(inputs: GraftInputs, ref: Reference, idx: torch.Tensor) -> Measured:
-    """The pretrained model with the fine-tuned values at ``idx`` grafted in, measured (Rel included)."""
+def evaluate_region(inputs: GraftInputs, ref: Reference, idx: torch.Tensor,
+                    key: tuple[str, float] | None = None) -> Measured:
+    """The pretrained model with the fine-tuned values at ``idx`` grafted in, measured (Rel included, with
+    intervals; ``key`` = (method, sparsity) keeps its resamples for the paired comparisons)."""
     region = measure(inputs, inputs.space.theta_from_indices(idx), ref.finetuned.preds)
     ref.add_rel(region.metrics)
+    if ref.boot is not None:
+        ref.boot.annotate(region.metrics, region.preds, key)
     return region
 
 

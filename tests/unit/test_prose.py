@@ -102,10 +102,10 @@ def _domains(same, cross, mw=None):
 
 
 @pytest.mark.parametrize(("same", "cross", "mw", "words"), [
-    ([3.0], [2.0], None, "overlap more than tasks of different domains"),  # ratio 1.5 >= DOMAIN_MORE_RATIO
-    ([1.0], [2.0], None, "overlap less than"),  # ratio 0.5 <= DOMAIN_LESS_RATIO
-    ([2.2, 2.2], [2.0, 2.0], 0.2, "overlap about as much as"),
-    ([2.2, 2.2], [2.0, 2.0], 0.01, "overlap slightly but consistently more than (10% higher median enrichment)"),
+    ([3.0] * 3, [2.0] * 3, None, "overlap more than tasks of different domains"),  # ratio 1.5 >= DOMAIN_MORE_RATIO
+    ([1.0] * 3, [2.0] * 4, None, "overlap less than"),  # ratio 0.5 <= DOMAIN_LESS_RATIO
+    ([2.2] * 3, [2.0] * 3, 0.2, "overlap about as much as"),
+    ([2.2] * 3, [2.0] * 3, 0.01, "overlap slightly but consistently more than (10% higher median enrichment)"),
 ])
 def test_domain_sentence_words_follow_the_ratio(same, cross, mw, words):
     s = prose.domain_sentence(_domains(same, cross, mw), ["sentiment"])
@@ -115,13 +115,26 @@ def test_domain_sentence_words_follow_the_ratio(same, cross, mw, words):
 
 
 def test_domain_sentence_from_stats_comparison():
-    same = [pair("a", "b", enrichment=4.0, jaccard=0.2, enrichment_within_tensors=1.5)]
+    same = [pair("a", "b", enrichment=4.0, jaccard=0.2, enrichment_within_tensors=1.5),
+            pair("d", "e", enrichment=5.0, jaccard=0.3, enrichment_within_tensors=1.5),
+            pair("f", "g", enrichment=3.0, jaccard=0.1, enrichment_within_tensors=1.5)]
     cross = [pair("a", "c", enrichment=1.0, jaccard=0.1, enrichment_within_tensors=0.9),
-             pair("b", "c", enrichment=2.0, jaccard=None, enrichment_within_tensors=1.1)]
+             pair("b", "c", enrichment=2.0, jaccard=None, enrichment_within_tensors=1.1),
+             pair("d", "c", enrichment=1.5, jaccard=0.0, enrichment_within_tensors=1.0)]
     s = prose.domain_sentence(domain_comparison(same, cross), ["sentiment"])
-    assert s == ("Tasks of the same domain (sentiment) overlap more than tasks of different domains: median "
-                 "enrichment 4× (n = 1 pair, Jaccard 0.200) vs 1.5× (n = 2 pairs, Jaccard 0.050); given the "
-                 "tensors each region sits in: 1.5× vs 1×.")
+    assert s.startswith("Tasks of the same domain (sentiment) overlap more than tasks of different domains: median "
+                        "enrichment 4× (n = 3 pairs, Jaccard 0.200) vs 1.5× (n = 3 pairs, Jaccard 0.000)")
+    assert s.endswith("; given the tensors each region sits in: 1.5× vs 1×.")
+
+
+@pytest.mark.parametrize(("n_same", "n_cross"), [(1, 5), (2, 2), (5, 2)])
+def test_domain_sentence_with_too_few_pairs_says_so(n_same, n_cross):
+    """The main job's case (1 same-domain pair vs 5): no claim either way, the rule stated."""
+    s = prose.domain_sentence(_domains([9.0] * n_same, [1.0] * n_cross), ["sentiment"])
+    assert s == (f"Same-domain vs cross-domain overlap: too few pairs to tell ({prose.fmt_pairs(n_same)} within a "
+                 f"domain (sentiment), {prose.fmt_pairs(n_cross)} across domains; the report compares them from "
+                 f"{prose.MIN_DOMAIN_PAIRS} pairs on each side).")
+    assert "more" not in s and "less" not in s
 
 
 def test_concentration_names_the_most_and_least_enriched_module():
@@ -129,8 +142,10 @@ def test_concentration_names_the_most_and_least_enriched_module():
               {"module": "ffn_in", "observed": 5, "expected": 10.0, "enrichment": 0.5},
               {"module": "bias", "observed": 1, "expected": prose.MIN_POOLED_EXPECTED / 2, "enrichment": 9.0}]
     s = prose.concentration_sentence(pooled, [pair("a", "b")])
-    assert s == ("Summed over all pairs, shared entries are most enriched in attn_key (3× chance within it) and "
-                 "least in ffn_in (0.5×).")
+    assert s == ("Summed over all pairs, among module kinds where chance expects at least 1 shared entry, shared "
+                 "entries are most enriched in attn_key (3× chance within it) and least in ffn_in (0.5×). Left out "
+                 "of that ranking because chance expects fewer than 1 shared entry there, so their enrichment rests "
+                 "on a tiny denominator: bias 9× (1 shared vs 0.5 expected).")
     assert prose.concentration_sentence(pooled, []) is None
 
 
@@ -140,6 +155,17 @@ def test_graph_sentence_with_and_without_edges():
                                         "has 2 edge(s); greedy modularity groups the tasks as {a, b}; {c}.")
     assert prose.graph_sentence(graph_info()) == ("No pair is beyond chance with enrichment ≥ 2 and adjusted p ≤ 0.05: "
                                                   "the task graph has no edges.")
+    structured = {**gi, "modularity": 0.31}
+    assert prose.graph_sentence(structured).endswith("groups the tasks as {a, b}; {c} (modularity 0.310).")
+
+
+def test_modularity_near_zero_is_no_community_structure():
+    """The main job's case: every task in one community, modularity 0.000."""
+    gi = {**graph_info(6, (("a", "b", "c", "d"),)), "modularity": 0.0}
+    assert prose.graph_sentence(gi) == (
+        "The task graph (edges: beyond chance, enrichment ≥ 2, adjusted p ≤ 0.05) has 6 edge(s), but no community "
+        "structure: the best grouping ({a, b, c, d}) has modularity 0.000 (below 0.1), so the graph does not split "
+        "these tasks into groups.")
 
 
 def _transfer(se: float) -> dict:
@@ -186,7 +212,7 @@ def test_summarise_orders_sentences_and_counts_verdicts():
     assert lines[1].startswith("a and b share 5× more parameters")
     assert lines[2].startswith("b and c overlap at chance level") and lines[3].startswith("a and c share fewer")
     assert lines[4] == "Verdicts use p-values Bonferroni-adjusted over the 3 pairs (α = 0.05)."
-    assert lines[5].startswith("Tasks of the same domain (sentiment) overlap more than")
+    assert lines[5].startswith("Same-domain vs cross-domain overlap: too few pairs to tell (1 pair within")
     assert lines[6].startswith("The task graph") and lines[-1] == "Overlap vs transfer: too few pairs."
     assert out["counts"] == {"beyond_chance": 1, "chance": 1, "below_chance": 1, "too_small": 0}
     assert out["beyond_chance"] == ["a–b"] and out["disjoint_or_chance"] == ["b–c", "a–c"]

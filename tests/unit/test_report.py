@@ -162,7 +162,7 @@ def test_summary_sentences(res):
     # catalog domains: the one same-domain pair (sentiment) vs the rest
     assert s["domains"]["same_domain"]["n"] == 1
     assert s["domains"]["same_domain"]["median_enrichment"] == pytest.approx(20 / (1600 / P))
-    assert "Tasks of the same domain (sentiment) overlap more" in text
+    assert "Same-domain vs cross-domain overlap: too few pairs to tell (1 pair within a domain" in text
 
 
 def test_summary_says_when_everything_is_chance():
