@@ -195,3 +195,57 @@ def graft_seeds(cfg: Any, seeds: Sequence[int] | None, show_progress: bool = Tru
            **aggregate_grafts(per_seed)}
     write_json(root / SEEDS_FILE, out)
     return out
+
+
+# ------------------------------------------------------------------------------------ overlap report
+
+
+def seed_patches(inputs: Sequence[str], seeds: Sequence[int], method: str | None = "graft") -> dict[int, list[str]]:
+    """Seed → its SkillPatch files, from graft output folders with ``seed-<s>/`` subfolders (the patches their
+    ``results.json`` files list, made by ``method``; every task of an ``--all-tasks`` graft) and from patch
+    files (by the seed their header records)."""
+    import json
+
+    from mtgraft.patches import SkillPatch
+
+    out: dict[int, list[str]] = {s: [] for s in seeds}
+    for item in inputs:
+        p = Path(item)
+        if not p.is_dir():
+            s = SkillPatch.load(p).header.seed
+            if s in out:
+                out[s].append(str(p))
+            continue
+        if not seeds_in(p):
+            raise MtgraftError(f"'{p}' has no seed-<s> subfolders: give the --out folder of 'mtgraft graft "
+                               "--seeds ...' (or patch files)")
+        for s in seeds:
+            folder = seed_dir(p, s)
+            if not folder.is_dir():
+                raise MtgraftError(f"'{p}' holds no graft of seed {s} (no {folder.name}/)")
+            for res in sorted(folder.rglob("results.json")):
+                for e in json.loads(res.read_text()).get("results", []):
+                    if e.get("patch") and (method is None or e["method"] == method):
+                        out[s].append(str(res.parent / Path(e["patch"]).name))
+    for s, files in out.items():
+        if len(files) < 2:
+            raise MtgraftError(f"seed {s}: found {len(files)} SkillPatch(es) "
+                               f"{'made by ' + repr(method) + ' ' if method else ''}among the inputs; an overlap "
+                               "report needs at least two tasks' patches per seed")
+    return out
+
+
+def report_seeds(inputs: Sequence[str], out_dir: str | Path, *, seeds: Sequence[int], method: str | None = "graft",
+                 **options: Any) -> Any:
+    """The overlap report over seeds: each seed's regions analysed on their own (pair metrics), aggregated
+    per task pair (``analysis.seeds.aggregate_pairs``); the full report (figures, transfer) is drawn for the
+    first seed, with the table over seeds added. ``options``: ``build_report``'s."""
+    from mtgraft.analysis.report import analyse, build_report
+    from mtgraft.analysis.seeds import aggregate_pairs
+
+    files = seed_patches(inputs, seeds, method)
+    keep = ("min_enrichment", "max_p", "duplicates")
+    pairs = {s: analyse(files[s], **{k: v for k, v in options.items() if k in keep}).pairs for s in seeds}
+    agg = aggregate_pairs(pairs)
+    agg["patches"] = {str(s): files[s] for s in seeds}
+    return build_report(files[seeds[0]], out_dir, seeds=agg, **options)
