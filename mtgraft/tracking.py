@@ -66,10 +66,20 @@ def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, An
     return out
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
 def numeric_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric leaves of a nested dict, keyed 'prefix/a/b' (MLflow metric keys); NaN and bools left out."""
-    return {k: float(v) for k, v in flatten(d, prefix, "/").items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    """The numeric leaves of a nested dict, keyed 'prefix/a/b' (MLflow metric keys); NaN and bools left out.
+    An interval ``x_ci95`` = [lo, hi] becomes two metrics ``x_ci_low`` and ``x_ci_high`` (``rel_ci_low``…)."""
+    out: dict[str, float] = {}
+    for k, v in flatten(d, prefix, "/").items():
+        if k.endswith("_ci95") and isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)):
+            out[f"{k[:-5]}_ci_low"], out[f"{k[:-5]}_ci_high"] = float(v[0]), float(v[1])
+        elif _is_number(v):
+            out[k] = float(v)
+    return out
 
 
 class Run:

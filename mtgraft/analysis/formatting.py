@@ -41,6 +41,25 @@ def fmt_num(x: Any, fmt: str = ".3f") -> str:
     return format(float(x), fmt)
 
 
+def finite_interval(ci: Any) -> list[float] | None:
+    """A recorded [lo, hi] of finite numbers, else None (results written before intervals existed, or damaged)."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return None
+    try:
+        lo, hi = float(ci[0]), float(ci[1])
+    except (TypeError, ValueError):
+        return None
+    return [lo, hi] if math.isfinite(lo) and math.isfinite(hi) else None
+
+
+def fmt_ci(x: Any, ci: Any, fmt: str = ".3f") -> str:
+    """A number with its 95% interval, ``0.850 [0.780, 0.910]``; the plain ``fmt_num`` without one."""
+    iv = finite_interval(ci)
+    if x is None or iv is None:
+        return fmt_num(x, fmt)
+    return f"{format(float(x), fmt)} [{format(iv[0], fmt)}, {format(iv[1], fmt)}]"
+
+
 def fmt_range(xs: Sequence[float], fmt: str = "{}") -> str:
     """'a–b' with ``fmt``, or one value when all are equal once formatted."""
     lo, hi = fmt.format(min(xs)), fmt.format(max(xs))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtgraft.analysis.formatting import fmt_communities, fmt_num, fmt_p, fmt_x
+from mtgraft.analysis.formatting import fmt_ci, fmt_communities, fmt_num, fmt_p, fmt_x
 from mtgraft.analysis.report_data import ReportData
 
 
@@ -54,11 +54,14 @@ def _environment() -> Any:
 
 
 def inputs_table(data: ReportData) -> Table:
-    """One row per task: domain, method, sparsity, region size, recorded test accuracy and Rel, source."""
+    """One row per task: domain, method, sparsity, region size, recorded test accuracy and Rel (with their 95%
+    intervals where the graft recorded them), source."""
     n = data.nodes
-    return Table(["task", "domain", "method", "sparsity", "region size", "test acc", "Rel", "source"],
+    return Table(["task", "domain", "method", "sparsity", "region size", "test acc [95% CI]", "Rel [95% CI]",
+                  "source"],
                  [[lab, n[lab]["domain"] or "–", n[lab]["method"], f"{n[lab]['sparsity']:.2e}",
-                   f"{n[lab]['region_size']:,}", fmt_num(n[lab]["accuracy"]), fmt_num(n[lab]["rel"]),
+                   f"{n[lab]['region_size']:,}", fmt_ci(n[lab]["accuracy"], n[lab].get("accuracy_ci95")),
+                   fmt_ci(n[lab]["rel"], n[lab].get("rel_ci95")),
                    n[lab]["source"]] for lab in data.labels])
 
 
@@ -84,8 +87,9 @@ def pooled_table(pooled: list[dict[str, Any]]) -> Table:
 def transfer_tables(transfer: dict[str, Any]) -> dict[str, Table]:
     """Rel of each graft (and union) on each task; P_0 / P_1 per task and where they come from."""
     ts = transfer["eval_tasks"]
+    ci = {(r["graft"], r["eval_task"]): r.get("rel_ci95") for r in transfer["results"]}
     rel = Table(["graft \\ task", *ts],
-                [[g, *[("n/a" if x is None else fmt_num(x, ".2f")) for x in row]]
+                [[g, *[("n/a" if x is None else fmt_ci(x, ci.get((g, t)), ".2f")) for x, t in zip(row, ts, strict=True)]]
                  for g, row in zip(transfer["grafts"], transfer["rel"], strict=True)]
                 + [[f"∪ {u['name']}", *[(fmt_num(u["results"][t]["rel"], ".2f") if t in u["results"] else "n/a")
                                         for t in ts]] for u in transfer["unions"]])
@@ -102,13 +106,9 @@ def context(data: ReportData, title: str, figures: dict[str, Path], max_test: in
     tables = {"inputs": inputs_table(data), "pairs": pairs_table(data), "pooled_module": pooled_table(data.pooled_module)}
     if data.transfer is not None:
         tables.update(transfer_tables(data.transfer))
-    if data.seeds is not None:
-        from mtgraft.analysis.seeds import seeds_rows
-
-        tables["seeds"] = Table(*seeds_rows(data.seeds))
     return {"title": title, "header": data.header, "P": data.matrices["P"], "sentences": data.summary["sentences"],
             "n_tests": data.pairs[0]["n_tests"] if data.pairs else 0, "graph_info": data.graph_info,
-            "transfer": data.transfer, "correlation": data.correlation, "seeds": data.seeds,
+            "transfer": data.transfer, "correlation": data.correlation,
             "correlation_containment": data.correlation_containment, "max_test": max_test, "tables": tables,
             "figures": {k: Figure(p) for k, p in figures.items()}}
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mtgraft.analysis.formatting import fmt_p, fmt_x
+from mtgraft.analysis.formatting import finite_interval, fmt_p, fmt_x
 from mtgraft.analysis.inputs import DUPLICATE_POLICIES, Duplicates, load_inputs, select_patches_from_registry
 from mtgraft.analysis.overlap import Segments, overlap_matrices, region_profile
 from mtgraft.analysis.report_data import ReportData
@@ -66,6 +66,8 @@ def _node(p: Any, src: str) -> dict[str, Any]:
     return {"tasks": h.tasks, "source": src, "method": h.method, "region_size": h.region_size,
             "sparsity": h.sparsity, "sparsity_requested": h.sparsity_requested,
             "accuracy": finite_or_none(test.get("accuracy")), "rel": finite_or_none(test.get("rel")),
+            "accuracy_ci95": finite_interval(test.get("accuracy_ci95")),
+            "rel_ci95": finite_interval(test.get("rel_ci95")),
             "domain": _domain(h.tasks[0]) if len(h.tasks) == 1 else None,
             "finetuned_mode": (h.finetuned or {}).get("mode"), "model_type": h.model_type}
 
@@ -181,7 +183,6 @@ def build_report(
     title: str | None = None,
     track: bool = True,
     tracking_uri: str | None = None,
-    seeds: dict[str, Any] | None = None,
     **options: Any,
 ) -> ReportResult:
     """Write the overlap report for ``patches`` (SkillPatch objects or files of one base) into ``out_dir``.
@@ -197,7 +198,6 @@ def build_report(
     settings.apply_defaults()
     opt = settings.arguments
     data = analyse(patches, **options)
-    data.seeds = seeds  # the pair metrics over seeds (analysis.seeds.aggregate_pairs), when there are several
     title = title or data.default_title()
     final = Path(out_dir)
     with atomic_dir(final) as tmp:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtgraft.analysis.formatting import finite_interval
 from mtgraft.errors import MtgraftError
 from mtgraft.utils import finite_or_none
 
@@ -175,7 +176,8 @@ def transfer_analysis(
                         "recorded": {"n": test_m.get("n"),
                                      "pretrained": finite_or_none(ref.get("pretrained", {}).get("accuracy")),
                                      "finetuned": finite_or_none(ref.get("finetuned", {}).get("accuracy")),
-                                     "graft": finite_or_none(test_m.get("accuracy"))}}
+                                     "graft": finite_or_none(test_m.get("accuracy")),
+                                     "rel_ci95": finite_interval(test_m.get("rel_ci95"))}}
 
     pairs = [(li, t) for li in labels for t in eval_tasks
              if any(compatible(t, own) for own in label_of[li].header.tasks)]
@@ -270,7 +272,8 @@ def transfer_analysis(
             r = rel(a, t)
             own = t in p.header.tasks
             results.append({"graft": li, "graft_tasks": p.header.tasks, "eval_task": t, "own": own,
-                            "accuracy": a, "rel": r, "rel_se": rel_se(a, t), "n": reference[t]["n"]})
+                            "accuracy": a, "rel": r, "rel_se": rel_se(a, t), "n": reference[t]["n"],
+                            "rel_ci95": _recorded_interval(reference[t], a, own and p is source[t])})
             row_a.append(a)
             row_r.append(r)
             tick(f"{li} → {t}")
@@ -302,6 +305,17 @@ def transfer_analysis(
     return {"max_test": max_test, "device": str(ev.device), "eval_tasks": eval_tasks, "grafts": list(labels),
             "compatible": [[compatible(a, b) for b in eval_tasks] for a in eval_tasks],
             "reference": reference, "results": results, "accuracy": acc_m, "rel": rel_m, "unions": union_out}
+
+
+def _recorded_interval(ref: Mapping[str, Any], acc: float, own_source: bool) -> list[float] | None:
+    """Rel's 95% interval (paired bootstrap over the test examples, docs/method.md §3) as the graft run recorded
+    it in the patch: only for a graft on its own task evaluated here on the very examples it was recorded on
+    (same n, same accuracy) and with P_0, P_1 taken from the same patch; else None (a plain number)."""
+    rec = ref["recorded"]
+    same = (rec["n"] is not None and int(rec["n"]) == ref["n"] and rec["graft"] is not None
+            and abs(rec["graft"] - acc) < 1e-9 and ref.get("pretrained_source", "").startswith("recorded")
+            and ref.get("finetuned_source", "").startswith("recorded in the patch (same"))
+    return rec.get("rel_ci95") if own_source and same else None
 
 
 def _head_for(p: Any, task: str) -> dict[str, torch.Tensor]:

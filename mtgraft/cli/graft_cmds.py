@@ -24,19 +24,51 @@ LEARN = "Learned graft (unset = from --recipe)"
 
 def graft_table(res: object) -> Table:
     """The table of every method at every sparsity, beside pretrained (+head) and fine-tuned."""
+    from mtgraft.evaluation.uncertainty import format_interval
+
     t = Table(title=f"mtgraft graft · {res.task} · |P| = {res.graftable_size:,} graftable (head always grafted, "
                     f"{res.head_params:,} params)")
-    for c in ("model", "sparsity", "region", "acc", "macro-F1", "ECE", "Brier", "agree", "Rel", "time s"):
+    for c in ("model", "sparsity", "region", "acc ± 95%", "macro-F1", "ECE", "Brier", "agree", "Rel [95% CI]",
+              "time s"):
         t.add_column(c, justify="right" if c != "model" else "left")
     for name, m in (("pretrained (+head)", res.reference["pretrained"]), ("fine-tuned", res.reference["finetuned"])):
-        t.add_row(name, "", "", fmt(m["accuracy"]), fmt(m["macro_f1"]), fmt(m["ece"]), fmt(m["brier"]),
-                  fmt(m.get("agreement")), fmt(m.get("rel"), 3), "")
+        t.add_row(name, "", "", _pm(m["accuracy"], m.get("accuracy_ci95")), fmt(m["macro_f1"]), fmt(m["ece"]),
+                  fmt(m["brier"]), fmt(m.get("agreement")), format_interval(m.get("rel"), m.get("rel_ci95")), "")
     for r in res.results:
         m = r["test"]
-        t.add_row(r["method"], f"{r['sparsity']:g}", f"{r['region_size']:,}", fmt(m["accuracy"]),
+        t.add_row(r["method"], f"{r['sparsity']:g}", f"{r['region_size']:,}", _pm(m["accuracy"], m.get("accuracy_ci95")),
                   fmt(m["macro_f1"]), fmt(m["ece"]), fmt(m["brier"]), fmt(m.get("agreement")),
-                  fmt(m.get("rel"), 3), f"{r['seconds']:.1f}")
+                  format_interval(m.get("rel"), m.get("rel_ci95")), f"{r['seconds']:.1f}")
     return t
+
+
+def _pm(v: float | None, ci: list[float] | None, nd: int = 3) -> str:
+    """``0.620 ± 0.040`` (half the width of the 95% interval); the plain number without one."""
+    from mtgraft.evaluation.uncertainty import format_ci
+
+    return format_ci({"mean": v, "ci95": ci}, nd)
+
+
+def comparisons_table(res: object) -> Table | None:
+    """Each learned method against every other at the same size: paired differences over the test examples."""
+    rows = [c for c in getattr(res, "extra", {}).get("comparisons") or [] if c["metric"] == "accuracy"]
+    if not rows:
+        return None
+    from mtgraft.evaluation.uncertainty import format_interval
+
+    rel = {(c["sparsity"], c["a"], c["b"]): c for c in res.extra["comparisons"] if c["metric"] == "rel"}
+    t = Table(title="paired comparisons at equal size (bootstrap over the same test examples, 95% intervals)")
+    for c in ("sparsity", "a − b", "Δacc [95% CI]", "p", "ΔRel [95% CI]", "p (Rel)"):
+        t.add_column(c, justify="left" if c == "a − b" else "right")
+    for c in rows:
+        r = rel.get((c["sparsity"], c["a"], c["b"]), {})
+        t.add_row(f"{c['sparsity']:g}", f"{c['a']} − {c['b']}", format_interval(c["diff"], c["ci95"]), _p(c["p"]),
+                  format_interval(r.get("diff"), r.get("ci95")), _p(r.get("p")))
+    return t
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else f"{p:.3g}"
 
 
 @command(app, "graft", recorded_data_options, seeds_option, resume_option, output_options)
@@ -93,8 +125,10 @@ def graft_cmd(
         return
     for r in results:
         console.print(graft_table(r))
+        if (ct := comparisons_table(r)) is not None:
+            console.print(ct)
         console.print("ECE with 10 equal-width bins; Rel = (P_graft - P_0) / (P_1 - P_0); agreement with the "
-                      "fine-tuned model's predictions.")
+                      "fine-tuned model's predictions; 95% intervals: paired bootstrap over the test examples.")
         console.print(f"results: [bold]{r.out}[/]   mlflow run: {r.mlflow_run_id}")
 
 
@@ -148,14 +182,17 @@ def eval_cmd(
     if rep is None:
         return
     t = Table(title=f"mtgraft eval · {rep['task']}")
-    for c in ("eval task", "acc", "macro-F1", "ECE", "Brier", "agree", "P_0", "P_1", "Rel", "n"):
+    from mtgraft.evaluation.uncertainty import format_interval
+
+    for c in ("eval task", "acc ± 95%", "macro-F1", "ECE", "Brier", "agree", "P_0", "P_1", "Rel [95% CI]", "n"):
         t.add_column(c, justify="right" if c != "eval task" else "left")
     for name, m in [(rep["task"], rep["test"]), *rep["ood"].items()]:
-        t.add_row(name, fmt(m["accuracy"]), fmt(m["macro_f1"]), fmt(m["ece"]), fmt(m["brier"]),
-                  fmt(m.get("agreement")), fmt(m.get("pretrained_accuracy")), fmt(m.get("finetuned_accuracy")),
-                  fmt(m.get("rel"), 3), str(m["n"]))
+        t.add_row(name, _pm(m["accuracy"], m.get("accuracy_ci95")), fmt(m["macro_f1"]), fmt(m["ece"]),
+                  fmt(m["brier"]), fmt(m.get("agreement")), fmt(m.get("pretrained_accuracy")),
+                  fmt(m.get("finetuned_accuracy")), format_interval(m.get("rel"), m.get("rel_ci95")), str(m["n"]))
     console.print(t)
-    console.print(f"ECE with 10 equal-width bins · reliability diagram: {rep['reliability_diagram']}")
+    console.print(f"ECE with 10 equal-width bins · 95% intervals: paired bootstrap over the test examples · "
+                  f"reliability diagram: {rep['reliability_diagram']}")
 
 
 @app.command("methods")

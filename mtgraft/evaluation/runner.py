@@ -74,6 +74,7 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Accuracy, macro-F1, ECE (10 bins), Brier, agreement with the fine-tuned model, Rel, OOD."""
     from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
     from mtgraft.evaluation.predict import evaluate_probs, predict_probs
+    from mtgraft.evaluation.uncertainty import N_BOOT, intervals
     from mtgraft.tasks import compatible, make_splits
     from mtgraft.utils import default_out
 
@@ -175,6 +176,10 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
         m["pretrained_accuracy"] = p0
         m["finetuned_accuracy"] = p1
         m["rel"] = relative_gain(m["accuracy"], p0, p1) if p0 is not None and p1 is not None else None
+        # paired bootstrap over the test examples (docs/method.md §3); Rel's interval only with P_0 and P_1
+        # measured here on the same examples (not from recorded numbers)
+        m.update(intervals(e.labels, probs[n].argmax(1), pre_probs[n].argmax(1) if pre_probs is not None else None,
+                           ft_probs[n].argmax(1) if ft_probs is not None else None, seed=int(data["seed"])))
         if ref is None:
             m["agreement"] = None
         results[n] = m
@@ -185,6 +190,8 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
         curves["fine-tuned"] = (ft_probs[task_name], np.asarray(encs[task_name].labels))
     diag = reliability_diagram(curves, out / "reliability.png", title=f"{task_name}: reliability (10 equal-width bins)")
     report = {"task": task_name, **what, "data": data, "ece_bins": 10, "test": results[task_name],
+              "uncertainty": {"method": "paired bootstrap over test examples", "n_boot": N_BOOT,
+                              "seed": int(data["seed"]), "confidence": 0.95, "interval": "percentile"},
               "ood": {n: r for n, r in results.items() if n != task_name}, "reliability_diagram": str(diag),
               "finetuned": finetuned_path, "pretrained": pre_name, "out": str(out)}
     write_json(out / "eval.json", report)

@@ -92,11 +92,19 @@ def bootstrap_accuracies(labels: Sequence[int] | np.ndarray, preds: Mapping[str,
     for k, c in correct.items():
         if c.shape != y.shape:
             raise ValueError(f"predictions of '{k}' have shape {c.shape}, the labels {y.shape}")
+    counts = bootstrap_counts(n, n_boot, seed)
+    return {k: counts @ c / n for k, c in correct.items()}
+
+
+def bootstrap_counts(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """The resamples of ``bootstrap_accuracies`` as an [n_boot, n] matrix of multinomial counts (how often
+    each example is drawn), so that any model's resampled accuracies are one product ``counts @ correct / n``
+    and several models scored at different times still share the same resamples."""
     rng = np.random.default_rng(seed)
     counts = np.zeros((n_boot, n), dtype=np.float64)  # multinomial counts = resampling with replacement
     for b in range(n_boot):
         counts[b] = np.bincount(rng.integers(0, n, n), minlength=n)
-    return {k: counts @ c / n for k, c in correct.items()}
+    return counts
 
 
 def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> list[float] | None:
@@ -107,7 +115,7 @@ def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> 
     if s.size < max(1, np.asarray(samples).size // 2):
         return None
     a = (1 - confidence) / 2
-    return [float(np.quantile(s, a)), float(np.quantile(s, 1 - a))]
+    return [float(np.quantile(s, a)) + 0.0, float(np.quantile(s, 1 - a)) + 0.0]  # + 0.0: no "-0.0" in files
 
 
 def rel_samples(acc_graft: np.ndarray, acc_pre: np.ndarray, acc_ft: np.ndarray) -> np.ndarray:
@@ -115,6 +123,52 @@ def rel_samples(acc_graft: np.ndarray, acc_pre: np.ndarray, acc_ft: np.ndarray) 
     gain = acc_ft - acc_pre
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(gain != 0, (acc_graft - acc_pre) / np.where(gain != 0, gain, 1.0), np.nan)
+
+
+def bootstrap_p(diffs: np.ndarray) -> float | None:
+    """Two-sided bootstrap p-value of "no difference": 2·min(P(d ≤ 0), P(d ≥ 0)) over the resampled
+    differences, each share counted as (1 + #) / (B + 1) so that it is never 0 (the smallest p is 2 / (B + 1));
+    capped at 1. A difference that is 0 in every resample gives 1. NaN resamples are left out."""
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return None
+    b = d.size
+    le, ge = (1 + int((d <= 0).sum())) / (b + 1), (1 + int((d >= 0).sum())) / (b + 1)
+    return float(min(1.0, 2 * min(le, ge)))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, point_a: float | None, point_b: float | None,
+                      confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Paired comparison of two models scored on the same resamples (``a``, ``b``: their per-resample values,
+    e.g. from one ``bootstrap_accuracies`` call): ``diff`` = point_a − point_b (on the full test set), ``ci95``
+    the percentile interval of the resampled a − b, ``p`` the two-sided ``bootstrap_p``."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    diff = None if point_a is None or point_b is None else float(point_a) - float(point_b)
+    return {"diff": diff, "ci95": percentile_interval(d, confidence), "p": bootstrap_p(d)}
+
+
+def intervals(labels: Sequence[int] | np.ndarray, preds: np.ndarray, pre_preds: np.ndarray | None = None,
+              ft_preds: np.ndarray | None = None, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """``{"accuracy_ci95": [lo, hi], "rel_ci95": [lo, hi] | None}`` of one model's predictions ``preds``; Rel's
+    interval needs the pretrained and fine-tuned predictions on the same examples (paired: all three scored
+    on the same resamples), else it is None."""
+    models = {"m": preds}
+    if pre_preds is not None and ft_preds is not None:
+        models.update(pre=pre_preds, ft=ft_preds)
+    acc = bootstrap_accuracies(labels, models, n_boot, seed)
+    rel = percentile_interval(rel_samples(acc["m"], acc["pre"], acc["ft"])) if "pre" in acc else None
+    return {"accuracy_ci95": percentile_interval(acc["m"]), "rel_ci95": rel}
+
+
+def format_interval(value: float | None, ci: Sequence[float] | None, digits: int = 3) -> str:
+    """``0.620 [0.580, 0.660]`` (a point estimate and its interval); the plain number without an interval
+    (results written before intervals existed); ``—`` for None."""
+    if value is None:
+        return "—"
+    if not ci or ci[0] is None or ci[1] is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
 # ------------------------------------------------------------------------------ paired comparison over seeds
