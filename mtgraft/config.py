@@ -97,12 +97,23 @@ def split_list(value: Any) -> Any:
     return value
 
 
-def _max_test(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.lower() in ("all", "none")):
+#: ``max_test: auto`` (the default everywhere): the whole test split when it has at most this many examples,
+#: else a fixed stratified subsample of this many (``make_splits``: the same subsample on every call and seed).
+DEFAULT_MAX_TEST = 2000
+
+
+def parse_max_test(value: Any) -> int | None:
+    """A cap on test examples: a positive integer, 'auto' (``DEFAULT_MAX_TEST``) or 'all' (None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("all", "none")):
         return None
-    value = int(value)
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return DEFAULT_MAX_TEST
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("max_test must be a positive integer, 'auto' or 'all'") from None
     if value <= 0:
-        raise ValueError("max_test must be positive or 'all'")
+        raise ValueError("max_test must be a positive integer, 'auto' or 'all'")
     return value
 
 
@@ -118,8 +129,20 @@ def _sparsities(value: list[float]) -> list[float]:
 # Shared option types: every config that takes these options validates them the same way.
 KShot = Annotated[int | None, BeforeValidator(parse_k)]
 """K per class: a positive integer, or 'all' (None)."""
-MaxTest = Annotated[int | None, BeforeValidator(_max_test)]
-"""A cap on test examples: a positive integer, or 'all' (None)."""
+MaxTest = Annotated[int | None, BeforeValidator(parse_max_test)]
+"""A cap on test examples: a positive integer, 'auto' (2000: all of a split of at most 2000) or 'all' (None)."""
+
+
+def _recorded_max_test(value: Any) -> int | None:
+    if isinstance(value, str) and value.strip().lower() in ("all", "none"):
+        raise ValueError("max_test here is a positive integer or 'auto' (unset = as recorded with the model)")
+    return None if value is None else parse_max_test(value)
+
+
+RecordedMaxTest = Annotated[int | None, BeforeValidator(_recorded_max_test)]
+"""A test cap that defaults to the recorded one (None): a positive integer or 'auto'."""
+
+
 def _seeds(v: list[int]) -> list[int]:
     if not v:
         raise ValueError("give at least one seed")
@@ -142,7 +165,8 @@ class DataConfig(BaseConfig):
 
     k: KShot = Field(64, description="examples per class for train (and again for dev); None = all")
     seed: int = Field(13, description="data seed (paper: 13, 21, 42, 87, 100)")
-    max_test: MaxTest = Field(1000, description="cap on test examples (seeded subsample)")
+    max_test: MaxTest = Field(DEFAULT_MAX_TEST, description="cap on test examples: 'auto' = all if the split "
+                                "has ≤ 2000, else a fixed stratified subsample of 2000; an integer; 'all'")
     max_length: int = Field(128, ge=8, le=4096)
 
 

@@ -164,3 +164,10 @@ def make_skillpatch(tmp_path: Path):
         return SkillPatch.from_masks(masks, ft, head, hdr).save((folder or tmp_path) / name)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _own_eval_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own evaluation cache (mtgraft/evaluation/cache.py): no test reads entries another
+    test (or an earlier run of the suite) wrote; a test may still set ``MTGRAFT_EVAL_CACHE`` itself."""
+    monkeypatch.setenv("MTGRAFT_EVAL_CACHE", str(tmp_path_factory.mktemp("eval-cache")))

@@ -111,7 +111,7 @@ def analyse(
     unions: Sequence[Sequence[str]] = (),
     min_enrichment: float = 2.0,
     max_p: float = 0.05,
-    max_test: int | None = 500,
+    max_test: int | None = None,  # None: as each patch recorded (the grafts' own test sets)
     device: str = "auto",
     duplicates: Duplicates = "error",
     sources: Sequence[str] | None = None,

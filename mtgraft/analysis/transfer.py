@@ -21,7 +21,9 @@ from mtgraft.analysis.formatting import finite_interval
 from mtgraft.errors import MtgraftError
 from mtgraft.utils import finite_or_none
 
-DEFAULT_MAX_TEST = 500
+#: None: each task's test split as its patch recorded it (``max_test: auto`` by default), so the matrix is
+#: measured on the grafts' own test sets and P_0/P_1 come from the patches
+DEFAULT_MAX_TEST: int | None = None
 
 
 class GraftEvaluator:
@@ -53,6 +55,11 @@ class GraftEvaluator:
         self.model.eval().to(self.device)
         self.pre = {n: params[n].detach() for n in names}
         self._encoded: dict[tuple[str, int], Any] = {}
+        from mtgraft.evaluation.cache import get_cache, runtime_key
+
+        self.cache = get_cache()  # encoded test sets and predictions of earlier runs (docs/evaluation-cache.md)
+        self._ident = {"what": "transfer", "base": base_hash, **runtime_key(self.device),
+                       "context": self.model.context_hash() if self.cache.enabled else None}
 
     def set_head(self, head: Mapping[str, torch.Tensor]) -> None:
         """Copy head tensors (``heads.<task>.*``) into the model."""
@@ -74,31 +81,41 @@ class GraftEvaluator:
 
     def encode(self, task: str, examples: list[Any], max_length: int) -> Any:
         """Tokenised test examples of ``task`` (cached by task and length)."""
-        from mtgraft.models import encode_examples
-
         key = (task, max_length)
         if key not in self._encoded:
-            self._encoded[key] = encode_examples(self.model, task, examples, max_length)
+            self._encoded[key] = self.cache.encoded(self.model, task, examples, max_length)
         return self._encoded[key]
 
     @torch.no_grad()
-    def accuracy(self, params: Mapping[str, torch.Tensor], enc: Any, batch_size: int = 64) -> float:
-        """Accuracy of the model with ``params`` overriding its graftable tensors."""
+    def accuracy(self, params: Mapping[str, torch.Tensor], enc: Any, batch_size: int = 64,
+                 region: str | None = None) -> float:
+        """Accuracy of the model with ``params`` overriding its graftable tensors. ``region`` (a content hash
+        that identifies ``params``) lets the predictions come from the evaluation cache."""
         from torch.func import functional_call
 
+        from mtgraft.evaluation.cache import model_key, tensors_digest
         from mtgraft.evaluation.predict import accuracy, predict_probs
 
         p = dict(params)
-        probs = predict_probs(self.model, enc, batch_size, self.device,
-                              forward=lambda **kw: functional_call(self.model, p, args=(), kwargs=kw))
-        return accuracy(probs, enc.labels)
+
+        def compute() -> Any:
+            return predict_probs(self.model, enc, batch_size, self.device,
+                                 forward=lambda **kw: functional_call(self.model, p, args=(), kwargs=kw))
+
+        if region is None or not self.cache.enabled:
+            return accuracy(compute(), enc.labels)
+        head = tensors_digest((n, t) for n, t in self.model.named_parameters() if n.startswith(f"heads.{enc.task}."))
+        key = {**self._ident, "region": region, "head": head, **model_key(self.model, enc.task),
+               "batch_size": batch_size}
+        return accuracy(self.cache.probs(key, enc, compute), enc.labels)
 
 
 def _test_split(task: str, data: Mapping[str, Any], max_test: int | None) -> tuple[list[Any], int | None]:
     """(test examples, effective max_test): the recorded split, capped at ``max_test``."""
+    from mtgraft.config import DEFAULT_MAX_TEST as RECORDED_DEFAULT
     from mtgraft.tasks import get_task, make_splits
 
-    rec = data.get("max_test", 1000)
+    rec = data.get("max_test", RECORDED_DEFAULT)
     cap = rec if max_test is None else (max_test if rec is None else min(int(rec), int(max_test)))
     spec = get_task(task)
     return make_splits(spec, data.get("k", 64), data.get("seed", 13), cap).test, cap
@@ -222,14 +239,15 @@ def transfer_analysis(
         if same and rec["pretrained"] is not None:
             r["pretrained"], r["pretrained_source"] = rec["pretrained"], "recorded in the patch (same test examples)"
         else:
-            r["pretrained"], r["pretrained_source"] = ev.accuracy({}, tests[t]), "measured here"
+            r["pretrained"], r["pretrained_source"] = ev.accuracy({}, tests[t], region="pretrained"), "measured here"
         tick(f"P_0 {t}")
         if same and rec["finetuned"] is not None:
             r["finetuned"], r["finetuned_source"] = rec["finetuned"], "recorded in the patch (same test examples)"
         else:
             fp = finetuned_params(p)
             if fp is not None:
-                r["finetuned"], r["finetuned_source"] = ev.accuracy(fp, tests[t]), "measured here (fine-tuned checkpoint)"
+                a = ev.accuracy(fp, tests[t], region=_region_id(fp) if ev.cache.enabled else None)
+                r["finetuned"], r["finetuned_source"] = a, "measured here (fine-tuned checkpoint)"
             elif rec["finetuned"] is not None:
                 r["finetuned"] = rec["finetuned"]
                 r["finetuned_source"] = (f"recorded in the patch on {rec['n']} test examples "
@@ -260,6 +278,7 @@ def transfer_analysis(
     for li in labels:
         p = label_of[li]
         params = ev.region_params(p.indices, p.values)
+        region = _region_id(p.values, p.indices) if ev.cache.enabled else None
         row_a: list[float | None] = []
         row_r: list[float | None] = []
         for t in eval_tasks:
@@ -268,7 +287,7 @@ def transfer_analysis(
                 row_r.append(None)
                 continue
             ev.set_head(_head_for(source[t], t))
-            a = ev.accuracy(params, tests[t])
+            a = ev.accuracy(params, tests[t], region=region)
             r = rel(a, t)
             own = t in p.header.tasks
             results.append({"graft": li, "graft_tasks": p.header.tasks, "eval_task": t, "own": own,
@@ -285,13 +304,14 @@ def transfer_analysis(
         members = [label_of[x] for x in u]
         up, st = stitch(members, "average")
         params = ev.region_params(up.indices, up.values)
+        region = _region_id(up.values, up.indices) if ev.cache.enabled else None
         per: dict[str, Any] = {}
         for x in u:
             for t in label_of[x].header.tasks:
                 if t in per:
                     continue
                 ev.set_head(_head_for(source[t], t))
-                a = ev.accuracy(params, tests[t])
+                a = ev.accuracy(params, tests[t], region=region)
                 own_r = next((r["rel"] for r in results if r["graft"] == x and r["eval_task"] == t), None)
                 per[t] = {"accuracy": a, "rel": rel(a, t), "rel_se": rel_se(a, t), "own_graft_rel": own_r,
                           "n": reference[t]["n"]}
@@ -305,6 +325,15 @@ def transfer_analysis(
     return {"max_test": max_test, "device": str(ev.device), "eval_tasks": eval_tasks, "grafts": list(labels),
             "compatible": [[compatible(a, b) for b in eval_tasks] for a in eval_tasks],
             "reference": reference, "results": results, "accuracy": acc_m, "rel": rel_m, "unions": union_out}
+
+
+def _region_id(values: Mapping[str, torch.Tensor], indices: Mapping[str, torch.Tensor] | None = None) -> str:
+    """Content hash of what a graft overrides (whole tensors, or flat indices and their values)."""
+    from mtgraft.evaluation.cache import tensors_digest
+
+    named = {f"values/{n}": t for n, t in values.items()}
+    named.update({f"indices/{n}": t for n, t in (indices or {}).items()})
+    return tensors_digest(named)
 
 
 def _recorded_interval(ref: Mapping[str, Any], acc: float, own_source: bool) -> list[float] | None:

@@ -74,7 +74,7 @@ def seeds_option(
 def recorded_data_options(
     k: str | None = typer.Option(None, "--k", help="Examples per class for train (and dev), or 'all'.", rich_help_panel=RECORDED),
     data_seed: int | None = typer.Option(None, "--data-seed", help="Data seed of the k-shot splits.", rich_help_panel=RECORDED),
-    max_test: int | None = typer.Option(None, "--max-test", help="Cap on test examples.", rich_help_panel=RECORDED),
+    max_test: str | None = typer.Option(None, "--max-test", help="Cap on test examples: an integer or 'auto' (all of a split of ≤ 2000, else a fixed subsample of 2000).", rich_help_panel=RECORDED),
     max_length: int | None = typer.Option(None, "--max-length", help="Max tokens per example.", rich_help_panel=RECORDED),
 ) -> None:
     """Data settings that default to what the checkpoint (or patch) recorded: ``graft`` and ``eval``."""
@@ -85,7 +85,7 @@ def training_options(
     type: str = typer.Option("head", "--type", help="Prediction type: head (a new head per task) | prompt | causal (the LM head, shared).", rich_help_panel=MODEL),
     k: str = typer.Option("64", "--k", help="Examples per class for train (and again for dev), or 'all'.", rich_help_panel=DATA),
     seed: int = typer.Option(13, "--seed", help="Data and training seed (paper: 13, 21, 42, 87, 100).", rich_help_panel=DATA),
-    max_test: str = typer.Option("1000", "--max-test", help="Cap on test examples per task, or 'all'.", rich_help_panel=DATA),
+    max_test: str = typer.Option("auto", "--max-test", help="Cap on test examples per task: 'auto' (all of a split of ≤ 2000, else a fixed stratified subsample of 2000), an integer, or 'all'.", rich_help_panel=DATA),
     max_length: int | None = typer.Option(None, "--max-length", help=option_help("max_length", "Max tokens per example."), rich_help_panel=DATA),
     recipe: str = typer.Option("auto", "--recipe", help=recipe_help(), rich_help_panel=OPT),
     pooling: str | None = typer.Option(None, "--pooling", help=option_help("pooling", "type head: what the new head reads: first (token) | mean (of the real tokens, padding excluded) | pooler (the pretrained pooler, frozen with --freeze-head) | auto (the pooling the model ships in its sentence-transformers config, else first)."), rich_help_panel=MODEL),

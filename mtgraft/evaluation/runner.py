@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mtgraft.config import BaseConfig, CommaList, KShot
+from mtgraft.config import DEFAULT_MAX_TEST, BaseConfig, CommaList, KShot, RecordedMaxTest
 from mtgraft.errors import MtgraftError
 from mtgraft.models import (
     CHECKPOINT_META,
@@ -19,7 +19,6 @@ from mtgraft.models import (
     TaskInfo,
     TaskModel,
     build_task_model,
-    encode_examples,
     load_checkpoint,
     read_checkpoint_meta,
     resolve_task,
@@ -38,7 +37,7 @@ class EvalConfig(BaseConfig):
     eval_tasks: CommaList = Field(default_factory=list)
     k: KShot = None
     data_seed: int | None = None
-    max_test: int | None = None
+    max_test: RecordedMaxTest = None
     max_length: int | None = None
     device: str = "auto"
     out: str | None = None
@@ -72,6 +71,7 @@ def _meta_if_checkpoint(path: str | None) -> CheckpointMeta | None:
 
 def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Accuracy, macro-F1, ECE (10 bins), Brier, agreement with the fine-tuned model, Rel, OOD."""
+    from mtgraft.evaluation.cache import get_cache, model_key, runtime_key, tensors_digest
     from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
     from mtgraft.evaluation.predict import evaluate_probs, predict_probs
     from mtgraft.evaluation.uncertainty import N_BOOT, intervals
@@ -137,18 +137,21 @@ def evaluate(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
             data[key] = v
     data.setdefault("k", 64)
     data.setdefault("seed", 13)
-    data.setdefault("max_test", 1000)
+    data.setdefault("max_test", DEFAULT_MAX_TEST)
     data.setdefault("max_length", 128)
     ns = SimpleNamespace(k=data["k"], seed=data["seed"], max_test=data["max_test"])
     tests = {task_name: make_splits(spec, ns.k, ns.seed, ns.max_test).test}
     for ospec in ospecs:
         tests[ospec.name] = make_splits(ospec, ns.k, ns.seed, ns.max_test).test
     model.to(device)
-    encs = {n: encode_examples(model, task_name, ex, data["max_length"]) for n, ex in tests.items()}
+    cache = get_cache()  # encoded test sets and predictions computed before are read back
+    encs = {n: cache.encoded(model, task_name, ex, data["max_length"]) for n, ex in tests.items()}
 
     def run(m: TaskModel) -> dict[str, np.ndarray]:
         m.to(device)
-        return {n: predict_probs(m, e, 64, device) for n, e in encs.items()}
+        key = {"what": "model", "state": tensors_digest(m.state_dict()) if cache.enabled else None,
+               **model_key(m, task_name), **runtime_key(device)}
+        return {n: cache.probs(key, e, lambda e=e: predict_probs(m, e, 64, device)) for n, e in encs.items()}
 
     probs = run(model)
     ft_probs = None

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
-from mtgraft.config import BaseConfig, CommaList, KShot, Sparsities
+from mtgraft.config import DEFAULT_MAX_TEST, BaseConfig, CommaList, KShot, RecordedMaxTest, Sparsities
 from mtgraft.grafting.catalog import METHODS
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class GraftConfig(BaseConfig):
     k: KShot = None
     data_seed: int | None = None
     # not MaxTest: None means "the checkpoint's cap", so 'all' cannot be told apart from unset here
-    max_test: int | None = None
+    max_test: RecordedMaxTest = None
     max_length: int | None = None
     eval_tasks: CommaList = Field(default_factory=list)
     save_baselines: bool = False
@@ -85,7 +85,7 @@ class GraftConfig(BaseConfig):
 def data_settings(cfg: GraftConfig | Any, meta: CheckpointMeta) -> dict[str, Any]:
     """K, data seed, test cap, max length: explicit options, else what the checkpoint recorded."""
     d = dict(meta.data or {})
-    out = {"k": d.get("k", 64), "seed": d.get("seed", 13), "max_test": d.get("max_test", 1000),
+    out = {"k": d.get("k", 64), "seed": d.get("seed", 13), "max_test": d.get("max_test", DEFAULT_MAX_TEST),
            "max_length": d.get("max_length", 128)}
     for key, attr in (("k", "k"), ("seed", "data_seed"), ("max_test", "max_test"), ("max_length", "max_length")):
         v = getattr(cfg, attr, None)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mtgraft.errors import MtgraftError
+from mtgraft.evaluation.cache import get_cache, model_key, runtime_key, tensors_digest
 from mtgraft.evaluation.metrics import relative_gain, reliability_diagram
 from mtgraft.evaluation.predict import evaluate_probs
 from mtgraft.grafting.config import GraftConfig, data_settings
@@ -285,12 +286,14 @@ def load_inputs(cfg: GraftConfig, task_name: str, meta: CheckpointMeta) -> Graft
     space = _graft_space(cfg, meta, pre_name, device)
     budgets = {s: budget_k(s, space.numel) for s in cfg.sparsity}  # k = 0 is an error
     splits = make_splits(spec, data["k"], data["seed"], data["max_test"])
+    cache = get_cache()  # test sets encoded before are read back (mtgraft/evaluation/cache.py)
     enc = {name: encode_examples(space.model, spec.name, getattr(splits, name), data["max_length"])
-           for name in ("train", "dev", "test")}
+           for name in ("train", "dev")}
+    enc["test"] = cache.encoded(space.model, spec.name, splits.test, data["max_length"])
     ood = {}
     for ospec in ospecs:
         osplits = make_splits(ospec, data["k"], data["seed"], data["max_test"])
-        ood[ospec.name] = encode_examples(space.model, spec.name, osplits.test, data["max_length"])
+        ood[ospec.name] = cache.encoded(space.model, spec.name, osplits.test, data["max_length"])
     params = dict(space.model.named_parameters())
     head = {n: params[n].detach().cpu().clone() for n in space.model.head_param_names(spec.name)}
     return GraftInputs(spec, info, out, data, settings, pre_name, space, budgets, enc["train"], enc["dev"],
@@ -321,14 +324,23 @@ class Measured:
     preds: dict[str, np.ndarray]  # argmax predictions: "test" and each OOD task
 
 
-def measure(inputs: GraftInputs, theta: torch.Tensor, reference: dict[str, np.ndarray] | None = None) -> Measured:
-    """Metrics of the model at ``theta``; with ``reference`` predictions, also its agreement with them."""
-    probs = inputs.space.predict(theta, inputs.test)
+def measure(inputs: GraftInputs, theta: torch.Tensor, reference: dict[str, np.ndarray] | None = None,
+            cache_key: dict[str, Any] | None = None) -> Measured:
+    """Metrics of the model at ``theta``; with ``reference`` predictions, also its agreement with them. With
+    ``cache_key`` (what identifies ``theta``), predictions come from the evaluation cache when they are there."""
+    cache = get_cache() if cache_key is not None else None
+
+    def predict(enc: Encoded) -> np.ndarray:
+        if cache is None:
+            return inputs.space.predict(theta, enc)
+        return cache.probs(cache_key, enc, lambda: inputs.space.predict(theta, enc))
+
+    probs = predict(inputs.test)
     m = evaluate_probs(probs, inputs.test.labels, reference["test"] if reference else None)
     m["ood"] = {}
     preds = {"test": probs.argmax(1)}
     for oname, oenc in inputs.ood.items():
-        op = inputs.space.predict(theta, oenc)
+        op = predict(oenc)
         m["ood"][oname] = evaluate_probs(op, oenc.labels, reference.get(oname) if reference else None)
         preds[oname] = op.argmax(1)
     return Measured(m, probs, preds)
@@ -363,8 +375,12 @@ def reference_metrics(inputs: GraftInputs, seed: int = 0) -> Reference:
     bootstrap's resamples (seeded by ``seed``) and add the intervals, the fine-tuning gain P_1 − P_0 included
     (``finetuned.gain``, ``gain_ci95``, ``gain_p``)."""
     theta_ft = inputs.space.pre + inputs.space.delta
-    ft = measure(inputs, theta_ft)
-    pre = measure(inputs, inputs.space.pre.clone(), ft.preds)
+    space = inputs.space  # both ends are known by content: their predictions are cached
+    key = {"what": "graft-reference", "base": space.base_hash, "context": space.context_hash,
+           "finetuned": space.finetuned_hash, "head": tensors_digest(inputs.head),
+           **model_key(space.model, inputs.spec.name), **runtime_key(space.device)}
+    ft = measure(inputs, theta_ft, cache_key={**key, "end": "finetuned"})
+    pre = measure(inputs, inputs.space.pre.clone(), ft.preds, cache_key={**key, "end": "pretrained"})
     ft.metrics["agreement"] = 1.0
     ref = Reference(pre, ft, theta_ft)
     ref.add_rel(pre.metrics)
