@@ -195,3 +195,145 @@ def graft_seeds(cfg: Any, seeds: Sequence[int] | None, show_progress: bool = Tru
            **aggregate_grafts(per_seed)}
     write_json(root / SEEDS_FILE, out)
     return out
+
+
+# ------------------------------------------------------------------------------------ overlap report
+
+
+def seed_patches(inputs: Sequence[str], seeds: Sequence[int], method: str | None = "graft") -> dict[int, list[str]]:
+    """Seed → its SkillPatch files, from graft output folders with ``seed-<s>/`` subfolders (the patches their
+    ``results.json`` files list, made by ``method``; every task of an ``--all-tasks`` graft) and from patch
+    files (by the seed their header records)."""
+    import json
+
+    from mtgraft.patches import SkillPatch
+
+    out: dict[int, list[str]] = {s: [] for s in seeds}
+    for item in inputs:
+        p = Path(item)
+        if not p.is_dir():
+            s = SkillPatch.load(p).header.seed
+            if s in out:
+                out[s].append(str(p))
+            continue
+        if not seeds_in(p):
+            raise MtgraftError(f"'{p}' has no seed-<s> subfolders: give the --out folder of 'mtgraft graft "
+                               "--seeds ...' (or patch files)")
+        for s in seeds:
+            folder = seed_dir(p, s)
+            if not folder.is_dir():
+                raise MtgraftError(f"'{p}' holds no graft of seed {s} (no {folder.name}/)")
+            for res in sorted(folder.rglob("results.json")):
+                for e in json.loads(res.read_text()).get("results", []):
+                    if e.get("patch") and (method is None or e["method"] == method):
+                        out[s].append(str(res.parent / Path(e["patch"]).name))
+    for s, files in out.items():
+        if len(files) < 2:
+            raise MtgraftError(f"seed {s}: found {len(files)} SkillPatch(es) "
+                               f"{'made by ' + repr(method) + ' ' if method else ''}among the inputs; an overlap "
+                               "report needs at least two tasks' patches per seed")
+    return out
+
+
+def report_seeds(inputs: Sequence[str], out_dir: str | Path, *, seeds: Sequence[int], method: str | None = "graft",
+                 **options: Any) -> Any:
+    """The overlap report over seeds: each seed's regions analysed on their own (pair metrics), aggregated
+    per task pair (``analysis.seeds.aggregate_pairs``); the full report (figures, transfer) is drawn for the
+    first seed, with the table over seeds added. ``options``: ``build_report``'s."""
+    from mtgraft.analysis.report import analyse, build_report
+    from mtgraft.analysis.seeds import aggregate_pairs
+
+    files = seed_patches(inputs, seeds, method)
+    keep = ("min_enrichment", "max_p", "duplicates")
+    pairs = {s: analyse(files[s], **{k: v for k, v in options.items() if k in keep}).pairs for s in seeds}
+    agg = aggregate_pairs(pairs)
+    agg["patches"] = {str(s): files[s] for s in seeds}
+    return build_report(files[seeds[0]], out_dir, seeds=agg, **options)
+
+
+# ------------------------------------------------------------------------------------------- studies
+
+
+def with_seed(study_cfg: Any, seed: int) -> Any:
+    """A study's config for one seed: the training (data) seed, the graft and continual-graft seeds."""
+    up: dict[str, Any] = {"seeds": [seed], "train": {**study_cfg.train, "seed": seed},
+                          "graft": {**study_cfg.graft, "seed": seed}}
+    if study_cfg.continual is not None:
+        up["continual"] = {**study_cfg.continual, "seed": seed}
+    return study_cfg.model_copy(update=up)
+
+
+def aggregate_study(kind: str, per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Aggregate the summaries of one study run once per seed (``Study.run`` of each seed's sub-study)."""
+    from mtgraft.analysis.seeds import aggregate_pairs
+
+    out: dict[str, Any] = {"seeds": list(per_seed), "per_seed": {str(s): {"out": v.get("out")}
+                                                                 for s, v in per_seed.items()}}
+    if kind == "single":
+        out["grafts"] = aggregate_grafts({s: [row["graft"] for row in v["tasks"]] for s, v in per_seed.items()})
+        tasks = [row["task"] for row in next(iter(per_seed.values()))["tasks"]]
+        out["train"] = {t: aggregate_seeds({s: train_record(next(r["train"] for r in v["tasks"] if r["task"] == t))
+                                            for s, v in per_seed.items()}) for t in tasks}
+    elif kind == "joint":
+        out["grafts"] = aggregate_grafts({s: v["grafts"] for s, v in per_seed.items()})
+        out["train"] = aggregate_seeds({s: {"test": v.get("per_task_test") or {}} for s, v in per_seed.items()})
+    else:
+        out["train"] = aggregate_seeds({s: {"continual": v.get("continual") or {},
+                                            "graft_cl": {"approaches": (v.get("graft_cl") or {}).get("approaches")}}
+                                        for s, v in per_seed.items()})
+    reports = {s: v["report"]["pairs"] for s, v in per_seed.items() if (v.get("report") or {}).get("pairs")}
+    out["report_over_seeds"] = aggregate_pairs(reports) if len(reports) == len(per_seed) else None
+    return out
+
+
+def _ci(r: Mapping[str, Any], key: str, nd: int = 3) -> str:
+    from mtgraft.evaluation.uncertainty import format_ci
+
+    return format_ci({"mean": r["mean"].get(key), "ci95": r["ci95"].get(key)}, nd)
+
+
+def render_seeds_summary(s: Mapping[str, Any]) -> str:
+    """The Markdown summary of a study over several seeds (``summary.md``)."""
+    from mtgraft.analysis.seeds import seeds_markdown
+
+    seeds = s["seeds"]
+    lines = [f"# Study `{s['study']}` ({s['kind']}) over {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
+             f"Output folder: `{s['out']}` (one sub-study per seed in `seed-<s>/`, each with its own summary and "
+             f"resumable state) · wall time {s['seconds']} s · mean ± half-width of the 95% t-interval over "
+             "seeds · ECE with 10 equal-width bins.", ""]
+    g = s.get("grafts")
+    if g:
+        oods = sorted({k.split(".")[1] for r in g["results"] for k in r["mean"]
+                       if k.startswith("ood.") and k.endswith(".rel")})
+        lines += ["## Grafts", "", "| task | model | sparsity | region | acc | ECE | Rel |"
+                  + "".join(f" Rel {o} |" for o in oods), "|---|---|---|---|---|---|---|" + "---|" * len(oods)]
+        for r in g["reference"]:
+            lines.append(f"| {r['task']} | {r['model']} | | | {_ci(r, 'accuracy')} | {_ci(r, 'ece')} | |"
+                         + " |" * len(oods))
+        for r in g["results"]:
+            lines.append(f"| {r['task']} | {r['method']} | {r['sparsity']:g} | {r['mean'].get('region_size') or 0:,.0f} "
+                         f"| {_ci(r, 'accuracy')} | {_ci(r, 'ece')} | {_ci(r, 'rel')} |"
+                         + "".join(f" {_ci(r, f'ood.{o}.rel')} |" for o in oods))
+        comp = [c for c in g["comparisons_over_seeds"] if c["metric"] in ("accuracy", "rel") and c["diffs"]]
+        if comp:
+            lines += ["", "Paired over seeds, graft − each other method at equal size:", "",
+                      "| task | sparsity | graft − | metric | mean difference | Wilcoxon p | smallest possible p |",
+                      "|---|---|---|---|---:|---:|---:|"]
+            for c in comp:
+                diff = _ci({"mean": {"d": c["mean_diff"]}, "ci95": {"d": c["ci95"]}}, "d")
+                p = "—" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3g}"
+                lines.append(f"| {c['task']} | {c['sparsity']:g} | {c['b']} | {c['metric']} | {diff} | {p} | "
+                             f"{c['min_possible_p']:.3g} |")
+    tr = s.get("train")
+    if tr:
+        lines += ["", "## Fine-tuning (test)", "", "| quantity | mean ± 95% CI |", "|---|---:|"]
+        aggs = tr.items() if s["kind"] == "single" else [("", tr)]
+        for task, a in aggs:
+            for key in a["mean"]:
+                if key.endswith(("accuracy", "ece", ".acc", ".bwt", "forgetting_final")):
+                    lines.append(f"| {(task + ' ') if task else ''}{key} | {_ci(a, key)} |")
+    rep = s.get("report_over_seeds")
+    if rep:
+        lines += ["", "## Overlap of the task regions over seeds", "", seeds_markdown(rep)]
+    lines += ["", "Per seed: " + ", ".join(f"`{v['out']}`" for v in s["per_seed"].values())]
+    return "\n".join(lines) + "\n"

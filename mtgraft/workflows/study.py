@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mtgraft.config import BaseConfig, CommaList, ModelType, load_yaml
+from mtgraft.config import BaseConfig, CommaList, ModelType, Seeds, load_yaml
 from mtgraft.errors import MtgraftError
 from mtgraft.utils import ensure_writable_dir, provenance, write_json
 
@@ -32,6 +32,8 @@ class StudyConfig(BaseConfig):
     report: dict[str, Any] | None = None
     continual: dict[str, Any] | None = None
     ood: bool = True
+    seeds: Seeds | None = Field(None, description="seeds to run the whole study with, one sub-study each in "
+                                "OUT/seed-<s>/, then aggregated (default: the one train.seed)")
     out: str | None = None
     tracking_uri: str | None = None
 
@@ -127,6 +129,7 @@ class Study:
                 warn(f"the study's state file {self.state_path} is damaged: every stage runs again")
                 self.state = {}
         self.show = show_progress
+        self.restart = restart
         self.log = log or (lambda msg: None)
         self.common = {"tracking_uri": cfg.tracking_uri}
 
@@ -160,6 +163,12 @@ class Study:
     def run(self) -> dict[str, Any]:
         c = self.cfg
         t0 = time.perf_counter()
+        if c.seeds and len(c.seeds) > 1:
+            return self._over_seeds(c.seeds, t0)
+        if c.seeds:  # one seed: the plain layout, with that seed
+            from mtgraft.workflows.seeds import with_seed
+
+            self.cfg = c = with_seed(c, c.seeds[0])
         if c.kind == "single":
             summary = self._single()
         elif c.kind == "joint":
@@ -170,6 +179,23 @@ class Study:
                         "seconds": round(time.perf_counter() - t0, 1)})
         write_json(self.out / "summary.json", summary)
         (self.out / "summary.md").write_text(render_summary(summary))
+        return summary
+
+    def _over_seeds(self, seeds: list[int], t0: float) -> dict[str, Any]:
+        """The whole study once per seed (``OUT/seed-<s>/``, each resumable on its own), then aggregated."""
+        from mtgraft.workflows.seeds import aggregate_study, render_seeds_summary, seed_dir, with_seed
+
+        per_seed = {}
+        for s in seeds:
+            self.log(f"[bold]seed {s}[/] ({seed_dir(self.out, s)})")
+            sub = Study(with_seed(self.cfg, s), out=str(seed_dir(self.out, s)), restart=self.restart,
+                        show_progress=self.show, log=self.log)
+            per_seed[s] = sub.run()
+        summary = aggregate_study(self.cfg.kind, per_seed)
+        summary.update({"study": self.cfg.name, "kind": self.cfg.kind, "out": str(self.out),
+                        "seconds": round(time.perf_counter() - t0, 1)})
+        write_json(self.out / "summary.json", summary)
+        (self.out / "summary.md").write_text(render_seeds_summary(summary))
         return summary
 
     def _train_cfg(self, **kw: Any) -> dict[str, Any]:

@@ -207,3 +207,148 @@ def test_train_multitask_seeds(tiny, tmp_path):
     for name in agg["tasks"]:
         check_agg(agg, f"test.{name}.accuracy", [metas[s]["metrics"]["test"][name]["accuracy"] for s in (5, 6)])
     assert json.loads((out / "seeds.json").read_text())["mean"] == agg["mean"]
+
+
+# ------------------------------------------------------------------------------ overlap-report --seeds
+
+REGIONS = {  # seed -> (task a's region, task b's region) in a graftable body of P = 248 entries
+    13: (np.arange(0, 40), np.arange(20, 60)),
+    21: (np.arange(0, 40), np.arange(30, 70)),
+    42: (np.arange(0, 48), np.arange(10, 60)),
+}
+
+
+def _seed_patch(task: str, idx, seed: int, method: str = "graft"):
+    import torch
+
+    from mtgraft.patches import SkillPatch
+
+    graftable = [(f"backbone.encoder.layer.{i}.{m}.{w}", shape) for i in range(2)
+                 for m in ("attention.self.query", "attention.self.key", "attention.self.value",
+                           "attention.output.dense", "intermediate.dense", "output.dense")
+                 for w, shape in (("weight", [4, 4]), ("bias", [4]))]
+    graftable += [(f"backbone.encoder.layer.{i}.output.LayerNorm.weight", [4]) for i in range(2)]
+    assert sum(int(np.prod(s)) for _, s in graftable) == 248
+    hdr = {"base_model": "tiny-bert", "base_hash": "sha256:00aa11bb", "graftable": graftable, "task": task,
+           "tasks_info": {task: {"labels": ["negative", "positive"]}}, "model_type": "head", "method": method,
+           "seed": seed, "metrics": {"test": {"accuracy": 0.75, "rel": 0.8}}}
+    idx = np.asarray(idx, dtype=np.int64)
+    return SkillPatch.from_flat_values(idx, torch.arange(idx.size, dtype=torch.float32), {}, hdr)
+
+
+def _graft_folders(root: Path) -> list[str]:
+    """Two tasks' 'graft --seeds' output folders: seed-<s>/results.json listing a graft and a topk patch."""
+    folders = []
+    for t, task in enumerate(("task_a", "task_b")):
+        g = root / task
+        for s, regions in REGIONS.items():
+            d = g / f"seed-{s}"
+            d.mkdir(parents=True)
+            _seed_patch(task, regions[t], s).save(d / f"{task}-graft.skillpatch")
+            _seed_patch(task, np.arange(200, 240), s, "topk").save(d / f"{task}-topk.skillpatch")
+            (d / "results.json").write_text(json.dumps({"task": task, "results": [
+                {"method": "graft", "patch": str(d / f"{task}-graft.skillpatch")},
+                {"method": "topk", "patch": str(d / f"{task}-topk.skillpatch")}]}))
+        folders.append(str(g))
+    return folders
+
+
+def test_overlap_report_seeds_aggregates_pair_metrics(tmp_path):
+    folders = _graft_folders(tmp_path / "G")
+    out = tmp_path / "R"
+    res = cli("overlap-report", "--seeds", "13,21,42", "--patches", *folders, "--out", str(out), "--no-track",
+              "--json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    agg = rep["seeds"]
+    assert agg["seeds"] == [13, 21, 42] and len(agg["pairs"]) == 1
+    pair = agg["pairs"][0]
+    P = 248
+    inter = {s: len(np.intersect1d(a, b)) for s, (a, b) in REGIONS.items()}
+    jac = {s: inter[s] / len(np.union1d(a, b)) for s, (a, b) in REGIONS.items()}
+    enr = {s: inter[s] / (len(a) * len(b) / P) for s, (a, b) in REGIONS.items()}
+    assert [pair["per_seed"][str(s)]["intersection"] for s in REGIONS] == [20, 10, 38]
+    check_agg(pair, "intersection", list(inter.values()))
+    check_agg(pair, "jaccard", list(jac.values()))
+    check_agg(pair, "enrichment", list(enr.values()))
+    assert sum(pair["verdicts"].values()) == 3
+    # the topk patches of the folders are not taken (method graft)
+    assert all("graft" in Path(f).name for fs in agg["patches"].values() for f in fs)
+    # overlap.json carries it, the Markdown page shows it
+    assert json.loads((out / "overlap.json").read_text())["seeds"]["pairs"][0]["mean"]["jaccard"] == \
+        pytest.approx(np.mean(list(jac.values())))
+    md = (out / "report.md").read_text()
+    assert "## Pairs over 3 seeds" in md
+    m, _, ci = expected(list(jac.values()))
+    assert f"{m:.4f} ± {(ci[1] - ci[0]) / 2:.4f}" in md
+    assert "Pairs over 3 seeds" in (out / "report.html").read_text()
+
+
+def test_overlap_report_seeds_from_patch_files_and_errors(tmp_path):
+    files = []
+    for s, (a, b) in REGIONS.items():
+        for task, idx in (("task_a", a), ("task_b", b)):
+            files.append(str(_seed_patch(task, idx, s).save(tmp_path / f"{task}-{s}.skillpatch")))
+    res = cli("overlap-report", "--seeds", "13,42", *files, "--out", str(tmp_path / "R"), "--no-track", "--json")
+    assert res.exit_code == 0, res.output
+    pair = json.loads(res.stdout)["seeds"]["pairs"][0]
+    assert pair["seeds"] == [13, 42] and [pair["per_seed"][k]["intersection"] for k in ("13", "42")] == [20, 38]
+    res = cli("overlap-report", "--seeds", "13,99", *files, "--out", str(tmp_path / "R2"), "--no-track")
+    assert res.exit_code != 0 and "seed 99: found 0" in res.output
+    res = cli("overlap-report", "--seeds", "13,21", "--task", "task_a", "--out", str(tmp_path / "R3"))
+    assert res.exit_code != 0 and "not registry selectors" in res.output
+
+
+# -------------------------------------------------------------------------------------- study YAMLs
+
+
+def test_study_with_seeds_runs_per_seed_aggregates_and_resumes(tiny, tmp_path):
+    import yaml
+
+    from mtgraft.testing import write_topic_task
+
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "seeds-smoke", "kind": "joint", "model": tiny["pre"], "seeds": [13, 21],
+        "tasks": [example_task_yaml(), write_topic_task(tmp_path / "topic")],
+        "train": {"k": 2, "max_steps": 2, "eval_every": 2, "batch_size": 4, "lr": 0.05, "max_length": 32,
+                  "max_test": "all", "sampling": "uniform"},
+        "graft": {"sparsity": [0.01], "method": ["graft", "topk"], "updates": 2, "recipe": "fast"},
+        "report": {"min_enrichment": 2.0}}))
+    out = tmp_path / "out"
+    args = ["run", str(study), "--out", str(out), "--json"]
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout.strip().splitlines()[-1])
+    assert s["seeds"] == [13, 21]
+    subs = {k: json.loads((out / f"seed-{k}" / "summary.json").read_text()) for k in (13, 21)}
+    metas = {k: json.loads((out / f"seed-{k}" / "train" / "mtgraft.json").read_text()) for k in (13, 21)}
+    assert [metas[k]["data"]["seed"] for k in (13, 21)] == [13, 21]
+    # the aggregate of every graft equals the mean over the seeds' own summaries
+    for r in s["grafts"]["results"]:
+        own = [next(e for g in subs[k]["grafts"] if g["task"] == r["task"] for e in g["results"]
+                    if e["method"] == r["method"]) for k in (13, 21)]
+        check_agg(r, "accuracy", [e["test"]["accuracy"] for e in own])
+        assert [e["test"]["accuracy"] for e in own] == [r["per_seed"][k]["accuracy"] for k in ("13", "21")]
+    assert {c["b"] for c in s["grafts"]["comparisons_over_seeds"]} == {"topk"}
+    rep = s["report_over_seeds"]
+    assert rep["seeds"] == [13, 21]
+    check_agg(rep["pairs"][0], "jaccard", [subs[k]["report"]["pairs"][0]["jaccard"] for k in (13, 21)])
+    md = (out / "summary.md").read_text()
+    assert "over 2 seeds (13, 21)" in md and "## Grafts" in md and "Over 2 seeds" in md
+    # rerun: every seed's stages are skipped, same aggregate
+    res2 = cli(*args)
+    assert res2.exit_code == 0 and "skipped" in res2.output
+    again = json.loads(res2.stdout.strip().splitlines()[-1])
+    assert again["grafts"]["results"] == s["grafts"]["results"]
+
+
+def test_study_duplicate_seeds_is_an_error(tmp_path):
+    from mtgraft.workflows.study import load_study
+
+    y = tmp_path / "s.yaml"
+    y.write_text(f"name: x\nkind: single\ntasks: [{example_task_yaml()}]\nseeds: [13, 21, 13]\n")
+    with pytest.raises(MtgraftError, match="13 given twice"):
+        load_study(y)
+    y.write_text(f"name: x\nkind: single\ntasks: [{example_task_yaml()}]\nseeds: [21]\n")
+    assert load_study(y).seeds == [21]
