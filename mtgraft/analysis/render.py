@@ -106,9 +106,13 @@ def context(data: ReportData, title: str, figures: dict[str, Path], max_test: in
     tables = {"inputs": inputs_table(data), "pairs": pairs_table(data), "pooled_module": pooled_table(data.pooled_module)}
     if data.transfer is not None:
         tables.update(transfer_tables(data.transfer))
+    if data.seeds is not None:
+        from mtgraft.analysis.seeds import seeds_rows
+
+        tables["seeds"] = Table(*seeds_rows(data.seeds))
     return {"title": title, "header": data.header, "P": data.matrices["P"], "sentences": data.summary["sentences"],
             "n_tests": data.pairs[0]["n_tests"] if data.pairs else 0, "graph_info": data.graph_info,
-            "transfer": data.transfer, "correlation": data.correlation,
+            "transfer": data.transfer, "correlation": data.correlation, "seeds": data.seeds,
             "correlation_containment": data.correlation_containment, "max_test": max_test, "tables": tables,
             "figures": {k: Figure(p) for k, p in figures.items()}}
 

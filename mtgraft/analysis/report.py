@@ -183,6 +183,7 @@ def build_report(
     title: str | None = None,
     track: bool = True,
     tracking_uri: str | None = None,
+    seeds: dict[str, Any] | None = None,
     **options: Any,
 ) -> ReportResult:
     """Write the overlap report for ``patches`` (SkillPatch objects or files of one base) into ``out_dir``.
@@ -198,6 +199,7 @@ def build_report(
     settings.apply_defaults()
     opt = settings.arguments
     data = analyse(patches, **options)
+    data.seeds = seeds  # the pair metrics over seeds (analysis.seeds.aggregate_pairs), when there are several
     title = title or data.default_title()
     final = Path(out_dir)
     with atomic_dir(final) as tmp:

@@ -47,7 +47,8 @@ class ReportData:
     pair (``stats.pair_records``); ``breakdown_*`` the per-group counts with ``stat_*`` statistics;
     ``pooled_*`` the groups summed over pairs; ``graph`` the networkx task graph and ``graph_info`` its
     summary; ``transfer``/``correlation``/``correlation_containment`` only with transfer; ``summary`` the
-    prose findings (``prose.summarise``).
+    prose findings (``prose.summarise``); ``seeds`` the pair metrics aggregated over seeds
+    (``analysis.seeds.aggregate_pairs``) when the report was made over several seeds.
     """
 
     labels: list[str]
@@ -70,6 +71,7 @@ class ReportData:
     correlation: dict[str, Any] | None = None
     correlation_containment: dict[str, Any] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    seeds: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ the dict view (analyse's old result)
 
@@ -115,6 +117,7 @@ class ReportData:
             "sizes": {lab: int(s) for lab, s in zip(self.labels, self.matrices["sizes"], strict=True)},
             "pairs": to_jsonable(self.pairs), "graph": self.graph_info, "summary": self.summary,
             "transfer": self.transfer_summary(),
+            **({"seeds": to_jsonable(self.seeds)} if self.seeds is not None else {}),
         }
 
     def overlap_json(self, title: str | None = None) -> dict[str, Any]:
@@ -137,6 +140,8 @@ class ReportData:
             "graph": {**self.graph_info, "node_link": node_link(self.graph)},
             "summary": self.summary,
         }
+        if self.seeds is not None:
+            out["seeds"] = self.seeds
         if self.transfer is not None:
             out["transfer"] = to_jsonable({**self.transfer, "spearman_enrichment": self.correlation,
                                            "spearman_containment": self.correlation_containment})

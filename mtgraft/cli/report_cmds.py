@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 
 import typer
+from rich.table import Table
 
 from mtgraft.cli.app import app
 from mtgraft.cli.common import handle_errors, print_json
@@ -32,6 +34,7 @@ def overlap_report_cmd(
     method: str | None = typer.Option(None, "--method", help="Only registry versions made by this method (e.g. graft); best/latest are then taken among them.", rich_help_panel=SELECT),
     patches: list[str] | None = typer.Option(None, "--patches", help="SkillPatch files (repeat the option, or list files after it).", rich_help_panel=SELECT),
     files: list[str] | None = typer.Argument(None, help="More SkillPatch files (same as --patches).", show_default=False),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma list of seeds: the inputs are 'graft --seeds' output folders (seed-<s>/ each) or patch files (by the seed they record); each seed's regions give pair metrics, aggregated per pair (mean ± 95% CI over seeds); --method picks the folders' patches (default graft).", rich_help_panel=SELECT),
     duplicates: str = typer.Option("error", "--duplicates", help="Two patches of one task: error | first (keep the first) | label (keep all, labelled by method and sparsity).", rich_help_panel=SELECT),
     with_transfer: bool = typer.Option(False, "--with-transfer", help="Evaluate each graft on every task with the same labels (Rel), union grafts, overlap-vs-transfer correlation.", rich_help_panel=ANALYSIS),
     union: list[str] | None = typer.Option(None, "--union", help="A task group whose union graft to evaluate, e.g. --union a,b (repeatable; needs --with-transfer).", rich_help_panel=ANALYSIS),
@@ -48,12 +51,17 @@ def overlap_report_cmd(
     """How disjoint task regions are, against chance: metrics, task graph, transfer; an HTML/Markdown report."""
     from mtgraft.analysis.report import DUPLICATE_POLICIES, build_report, select_patches_from_registry
     from mtgraft.utils import default_out
+    from mtgraft.workflows.seeds import parse_seeds, report_seeds
 
     files_all = [*(patches or []), *(files or [])]
     tasks = _split(task)
     if duplicates not in DUPLICATE_POLICIES:
         raise MtgraftError(f"--duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got '{duplicates}'")
-    if files_all and (tasks or base or method):
+    seed_list = parse_seeds(seeds)
+    if seed_list is not None and not files_all:
+        raise MtgraftError("--seeds needs the output folders of 'mtgraft graft --seeds ...' (or patch files), "
+                           "not registry selectors")
+    if files_all and (tasks or base or (method and seed_list is None)):
         raise MtgraftError("give either patch files (--patches) or registry selectors (--task/--base/--method), "
                            "not both")
     mt = None if max_test.strip().lower() in ("all", "recorded") else _int(max_test, "--max-test")
@@ -66,7 +74,9 @@ def overlap_report_cmd(
             inputs = [str(p) for p in select_patches_from_registry(tasks or None, base, alias, tracking_uri, tmp,
                                                                     method=method)]
         name = "-".join(tasks) if tasks else "patches"
-        res = build_report(inputs, out or default_out("overlap", name[:60]), with_transfer=with_transfer,
+        make = build_report if seed_list is None else functools.partial(report_seeds, seeds=seed_list,
+                                                                          method=method or "graft")
+        res = make(inputs, out or default_out("overlap", name[:60]), with_transfer=with_transfer,
                            unions=unions, min_enrichment=min_enrichment, max_p=max_p, max_test=mt, device=device,
                            title=title, duplicates=duplicates, track=not no_track, tracking_uri=tracking_uri,
                            show_progress=not json_out)  # type: ignore[arg-type]
@@ -75,6 +85,16 @@ def overlap_report_cmd(
         return
     for s in res.summary["summary"]["sentences"]:
         console.print(f"• {s}", highlight=False, soft_wrap=True)
+    if res.summary.get("seeds"):
+        from mtgraft.analysis.seeds import seeds_rows
+
+        header, rows = seeds_rows(res.summary["seeds"])
+        t = Table(title=f"pairs over {res.summary['seeds']['n_seeds']} seeds (mean ± 95% CI)")
+        for i, c in enumerate(header):
+            t.add_column(c, justify="left" if i in (0, len(header) - 1) else "right")
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
     if res.mlflow_run_id:
         console.print(f"mlflow run: {res.mlflow_run_id}")
     console.print(f"report: [bold]{res.paths['html']}[/] (Markdown: {res.paths['md']}; data: "
