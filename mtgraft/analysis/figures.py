@@ -96,13 +96,35 @@ def _log2_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     return [float(k) for k in ks], [fmt_x(2.0 ** k) if k >= 0 else f"{2.0 ** k:.2g}×" for k in ks]
 
 
-def _enrichment_norm(lv: np.ndarray) -> tuple[Any, float, float]:
-    from matplotlib.colors import TwoSlopeNorm
+MIN_LOG2_SPAN = 0.5
+"""The enrichment colour range (log2) spans at least this, so near-equal cells do not get extreme colours."""
+
+
+def _enrichment_norm(lv: np.ndarray) -> tuple[Any, float, float, str]:
+    """A colour scale fitted to the data's range of log2 enrichment: diverging around 1× (white) when the cells
+    lie on both sides of chance, else sequential over the cells' own range (reds above chance, blues below),
+    so cells that all lie far above chance are still told apart. (norm, lo, hi, colormap)."""
+    from matplotlib.colors import Normalize, TwoSlopeNorm
 
     fin = lv[np.isfinite(lv)]
-    lo = min(-1.0, float(fin.min())) if fin.size else -1.0
-    hi = max(1.0, float(fin.max())) if fin.size else 1.0
-    return TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi), lo, hi
+    if not fin.size:
+        return TwoSlopeNorm(vmin=-1.0, vcenter=0.0, vmax=1.0), -1.0, 1.0, "RdBu_r"
+    lo, hi = float(fin.min()), float(fin.max())
+    if lo < 0 < hi:
+        return TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi), lo, hi, "RdBu_r"
+    if hi - lo < MIN_LOG2_SPAN:
+        mid = (lo + hi) / 2
+        lo, hi = mid - MIN_LOG2_SPAN / 2, mid + MIN_LOG2_SPAN / 2
+    return Normalize(vmin=lo, vmax=hi), lo, hi, "Reds" if lo >= 0 else "Blues_r"
+
+
+def _log2_ticks_fitted(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Colour-bar ticks: powers of two when the range holds at least three, else five evenly spaced values."""
+    ticks, labels = _log2_ticks(lo, hi)
+    if len(ticks) >= 3:
+        return ticks, labels
+    ks = list(np.linspace(lo, hi, 5))
+    return [float(k) for k in ks], [fmt_x(float(2.0 ** k)) for k in ks]
 
 
 def _log2_enrichment(e: np.ndarray, diag: np.ndarray) -> np.ndarray:
@@ -133,10 +155,10 @@ def matrix_figures(mat: dict[str, Any], figdir: Path) -> dict[str, Path]:
     def enrichment(key: str, title: str, cbar: str) -> Path:
         e = np.asarray(mat[key], dtype=np.float64)
         lv = _log2_enrichment(e, diag)
-        norm, lo, hi = _enrichment_norm(np.where(diag, np.nan, lv))
-        return heatmap(lv, tasks, tasks, figdir / f"heatmap_{key}.png", title, cbar,
-                       lambda i, j: dtext(i, j, lambda a, b: fmt_x(finite_or_none(e[a, b]))), cmap="RdBu_r",
-                       norm=norm, mask=diag, cbar_ticks=_log2_ticks(lo, hi))
+        norm, lo, hi, cmap = _enrichment_norm(np.where(diag, np.nan, lv))
+        return heatmap(lv, tasks, tasks, figdir / f"heatmap_{key}.png", title, f"{cbar}, fitted to the cells",
+                       lambda i, j: dtext(i, j, lambda a, b: fmt_x(finite_or_none(e[a, b]))), cmap=cmap,
+                       norm=norm, mask=diag, cbar_ticks=_log2_ticks_fitted(lo, hi))
 
     out = {}
     out["heatmap_containment"] = ratio(
@@ -173,19 +195,26 @@ def breakdown_figure(bd: dict[str, Any], tasks: list[str], path: Path, what: str
     for r, (i, j) in enumerate(pairs):
         for g in range(len(groups)):
             x = enr[g, i, j]
-            if bd["expected"][g, i, j] < 1 and bd["intersection"][g, i, j] == 0:
+            sparse = bd["expected"][g, i, j] < 1
+            if sparse and bd["intersection"][g, i, j] == 0:
                 txt[r][g] = "·"
                 continue
             if np.isfinite(x):
                 v[r, g] = math.log2(x) if x > 0 else np.nan
-                txt[r][g] = fmt_x(float(x))
+                txt[r][g] = fmt_x(float(x)) + ("†" if sparse else "")
                 if x == 0:
                     v[r, g] = -3.0
-    norm, lo, hi = _enrichment_norm(v)
+    norm, lo, hi, cmap = _enrichment_norm(v)
+    marks = []
+    if any("†" in t for row in txt for t in row):
+        marks.append("† = chance expects < 1 shared entry (a tiny denominator)")
+    if any(t == "·" for row in txt for t in row):
+        marks.append("· = nothing shared where chance expects < 1")
+    legend = f"; {'; '.join(marks)}" if marks else ""
     return heatmap(v, [f"{tasks[i]} × {tasks[j]}" for i, j in pairs], groups, path,
-                   f"enrichment per {what} (observed / chance within the {what}); · = chance expects < 1 shared entry",
-                   "enrichment (log scale)", lambda a, b: txt[a][b], cmap="RdBu_r", norm=norm,
-                   cbar_ticks=_log2_ticks(lo, hi), xlabel=what)
+                   f"enrichment per {what} (observed / chance within the {what}){legend}",
+                   "enrichment (log scale), fitted to the cells", lambda a, b: txt[a][b], cmap=cmap, norm=norm,
+                   cbar_ticks=_log2_ticks_fitted(lo, hi), xlabel=what)
 
 
 def profile_figures(profiles: dict[str, dict[str, Any]], figdir: Path) -> dict[str, Path]:
@@ -264,6 +293,32 @@ def profile_figures(profiles: dict[str, dict[str, Any]], figdir: Path) -> dict[s
     return out
 
 
+def _rel_half_widths(transfer: dict[str, Any], rows: list[str], tasks: list[str]) -> dict[tuple[int, int], float]:
+    """Half the 95% interval of each Rel cell: the recorded ``rel_ci95`` where the transfer results carry one,
+    else 1.96 × ``rel_se`` (normal approximation)."""
+    out: dict[tuple[int, int], float] = {}
+    col = {t: j for j, t in enumerate(tasks)}
+    row = {g: i for i, g in enumerate(rows)}
+
+    def half(rec: dict[str, Any]) -> float | None:
+        ci = rec.get("rel_ci95")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(x is not None for x in ci):
+            return (float(ci[1]) - float(ci[0])) / 2
+        se = rec.get("rel_se")
+        return 1.96 * float(se) if se is not None and math.isfinite(float(se)) else None
+
+    for r in transfer["results"]:
+        i, j = row.get(r["graft"]), col.get(r["eval_task"])
+        if i is not None and j is not None and (h := half(r)) is not None:
+            out[(i, j)] = h
+    for u in transfer["unions"]:
+        i = row.get(f"∪ {u['name']}")
+        for t, rec in u["results"].items():
+            if i is not None and t in col and (h := half(rec)) is not None:
+                out[(i, col[t])] = h
+    return out
+
+
 def transfer_figures(transfer: dict[str, Any], correlation: dict[str, Any] | None, figdir: Path) -> dict[str, Path]:
     """Rel heatmap (grafts and unions × eval tasks) and the overlap-vs-transfer scatter."""
     tasks = transfer["eval_tasks"]
@@ -282,10 +337,15 @@ def transfer_figures(transfer: dict[str, Any], correlation: dict[str, Any] | Non
         for j, t in enumerate(tasks):
             avail[len(transfer["grafts"]) + k][j] = t in u["results"]
 
+    half = _rel_half_widths(transfer, rows, tasks)
+
     def text(i: int, j: int) -> str:
         if not avail[i][j]:
             return "n/a"
-        return f"{v[i, j]:.2f}" if np.isfinite(v[i, j]) else "–"
+        if not np.isfinite(v[i, j]):
+            return "–"
+        h = half.get((i, j))
+        return f"{v[i, j]:.2f}" + (f"\n±{h:.2f}" if h is not None else "")
 
     from matplotlib.colors import TwoSlopeNorm
 
@@ -293,10 +353,11 @@ def transfer_figures(transfer: dict[str, Any], correlation: dict[str, Any] | Non
     lo = min(-0.1, float(fin.min())) if fin.size else -1
     hi = max(1.0, float(fin.max())) if fin.size else 1
     out = {"transfer_rel": heatmap(v, rows, tasks, figdir / "transfer_rel.png",
-                                   "Rel of graft (row) on task (column), with the column task's head; n/a = other labels",
+                                   "Rel of graft (row) on task (column), with the column task's head, ± half the 95% "
+                                   "interval; n/a = other labels",
                                    "Rel", text, cmap="RdYlGn", norm=TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi),
                                    xlabel="evaluated on task", ylabel="graft")}
-    if correlation and correlation["points"]:
+    if correlation and correlation["points"] and correlation.get("rho") is not None:  # none below its minimum n
         fig = _fig(5.2, 4.0)
         ax = fig.add_subplot(111)
         xs = [p["x"] for p in correlation["points"]]
@@ -330,6 +391,27 @@ def transfer_figures(transfer: dict[str, Any], correlation: dict[str, Any] | Non
 
 
 
+LABEL_MIN_GAP = 0.22
+"""Edge labels of the task graph sit at least this far apart (layout units; the circle has radius 1)."""
+LABEL_SPOTS = (0.5, 0.32, 0.68, 0.22, 0.78)
+"""Where along an edge its label may go (0 = one end, 1 = the other), tried in this order."""
+
+
+def edge_label_positions(G: nx.Graph, pos: dict[Any, np.ndarray]) -> dict[tuple[Any, Any], np.ndarray]:
+    """A spot on each edge for its label, so that no two labels overlap: the midpoint if free, else the first
+    free spot of ``LABEL_SPOTS`` (crossing diagonals of four tasks on a circle share a midpoint)."""
+    placed: list[np.ndarray] = []
+    out = {}
+    for u, v in sorted(G.edges, key=lambda e: (str(e[0]), str(e[1]))):
+        a, b = np.asarray(pos[u], dtype=float), np.asarray(pos[v], dtype=float)
+        spots = [a + t * (b - a) for t in LABEL_SPOTS]
+        free = [xy for xy in spots if all(np.linalg.norm(xy - q) >= LABEL_MIN_GAP for q in placed)]
+        xy = free[0] if free else max(spots, key=lambda s: min(np.linalg.norm(s - q) for q in placed))
+        placed.append(xy)
+        out[(u, v)] = xy
+    return out
+
+
 def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
     """PNG drawing: node area ~ region size, edge width ~ log2 enrichment, colours = communities, labelled."""
     import networkx as nx
@@ -355,10 +437,10 @@ def draw_graph(G: nx.Graph, path: str | os.PathLike, title: str = "") -> Path:
             # weakest edge 1.5 pt, strongest 9 pt: differences stay visible when every edge is far above chance
             widths = [1.5 + 7.5 * (x - lo) / (hi - lo) if hi > lo else 5.0 for x in le]
             nx.draw_networkx_edges(G, pos, ax=ax, width=widths, edge_color="#555555", alpha=0.6)
-            labels = {(u, v): (f"{d['enrichment']:.2g}×" if d["enrichment"] < 10 else f"{d['enrichment']:.0f}×")
-                      for u, v, d in G.edges(data=True)}
-            nx.draw_networkx_edge_labels(G, pos, edge_labels=labels, ax=ax, font_size=8, rotate=False,
-                                         bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+            for (u, v), xy in edge_label_positions(G, pos).items():
+                ax.text(xy[0], xy[1], fmt_x(G.edges[u, v]["enrichment"]), fontsize=8, ha="center", va="center", zorder=5,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "#999999", "lw": 0.5,
+                              "alpha": 0.9})
         nx.draw_networkx_nodes(G, pos, ax=ax, node_size=area, node_color=colors, alpha=0.9,
                                edgecolors="black", linewidths=0.8)
         nlabels = {v: f"{v}\n{G.nodes[v].get('region_size', 0):,}" for v in G.nodes}
