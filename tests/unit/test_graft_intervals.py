@@ -213,3 +213,15 @@ def test_report_tables_show_intervals_and_old_results_plain():
                       {"graft": "b", "eval_task": "b", "rel_ci95": None}], "reference": {}}
     rel = transfer_tables(tr)["transfer_rel"].rows
     assert rel[0][1:] == ["0.75 [0.50, 1.00]", "0.10"] and rel[1][1:] == ["n/a", "0.40"]
+
+
+def test_eval_reports_accuracy_with_its_interval(ck, tmp_path):
+    from mtgraft.evaluation.runner import EvalConfig, evaluate
+
+    rep = evaluate(EvalConfig(model=ck, track=False, out=str(tmp_path / "e"), device="cpu"), show_progress=False)
+    m = rep["test"]
+    assert _contains(m["accuracy_ci95"], m["accuracy"]) and m["accuracy_ci95"][0] < m["accuracy_ci95"][1]
+    if m["rel_ci95"] is not None:  # a fine-tuned checkpoint is its own P_1: Rel is 1 in every resample
+        assert m["rel_ci95"] == [1.0, 1.0]
+    saved = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert saved["test"]["accuracy_ci95"] == m["accuracy_ci95"] and saved["uncertainty"]["n_boot"] == 1000
