@@ -225,3 +225,16 @@ def test_eval_reports_accuracy_with_its_interval(ck, tmp_path):
         assert m["rel_ci95"] == [1.0, 1.0]
     saved = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert saved["test"]["accuracy_ci95"] == m["accuracy_ci95"] and saved["uncertainty"]["n_boot"] == 1000
+
+
+def test_ood_sets_get_their_own_intervals(ck, tmp_path):
+    """The task evaluated as its own OOD set: same examples, same seed, so the same intervals as the test's."""
+    cfg = GraftConfig(task=example_task_yaml(), finetuned=ck, sparsity=[0.01], method=["topk"], eval_tasks=[
+        example_task_yaml()], out=str(tmp_path / "g"), track=False, do_register=False)
+    [res] = run_graft(cfg, show_progress=False)
+    m = res.results[0]["test"]
+    [(name, om)] = m["ood"].items()
+    assert om["accuracy"] == m["accuracy"] and om["accuracy_ci95"] == m["accuracy_ci95"]
+    assert om["rel_ci95"] == m["rel_ci95"]
+    ft = res.reference["finetuned"]
+    assert ft["ood"][name]["gain_ci95"] == ft["gain_ci95"] and ft["ood"][name]["rel_ci95"] == ft["rel_ci95"]
