@@ -342,6 +342,12 @@ CASES: list[Case] = [
          lambda e: _train(e, "train-disk-full", "--json"),
          r"cannot write '.*train-disk-full': No space left on device",
          setup=lambda e, mp: disk_full(mp, "mtgraft.models.checkpoint.save_file"), late=True),
+    Case("train-seed-and-seeds", "train", "`--seed` and `--seeds` together (one seed or a list of them)",
+         lambda e: _train(e, "train-seed-and-seeds", "--seed", "13", "--seeds", "13,21"),
+         r"give either --seed or --seeds, not both \(--seeds 13 is the same as --seed 13\)"),
+    Case("graft-duplicate-seeds", "graft", "a seed given twice in `--seeds`",
+         lambda e: _graft(e, "graft-duplicate-seeds", "--seeds", "13,21,13"),
+         r"--seeds '13,21,13': seeds must be distinct, 13 given twice \(e\.g\. --seeds 13,21,42\)"),
     # --- graft -------------------------------------------------------------------------------------------
     Case("graft-sparsity-zero", "graft", "sparsity ≤ 0",
          lambda e: _graft(e, "graft-sparsity-zero", "--sparsity", "0"), r"invalid options: sparsity: sparsity must be in \(0, 1\], got 0"),
