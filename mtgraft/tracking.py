@@ -25,6 +25,9 @@ EXPERIMENTS = {
     "report": "mtgraft-overlap",
     "run": "mtgraft-studies",
 }
+# MLflow 3's UI opens an experiment in its model-training view (runs, metrics) rather than its GenAI overview
+# (traces, token usage) when the experiment says so
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def check_reachable(uri: str | None, timeout: float = 4.0) -> None:
@@ -168,7 +171,10 @@ def mlflow_run(kind: str, run_name: str, tracking_uri: str | None = None, enable
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
-        mlflow.set_experiment(EXPERIMENTS.get(kind, f"mtgraft-{kind}"))
+        exp = mlflow.set_experiment(EXPERIMENTS.get(kind, f"mtgraft-{kind}"))
+        for k, v in EXPERIMENT_TAGS.items():
+            if (exp.tags or {}).get(k) != v:
+                mlflow.set_experiment_tag(k, v)
         active = mlflow.start_run(run_name=run_name, nested=nested, tags={k: str(v) for k, v in (tags or {}).items()})
     except Exception as e:  # a broken store is a user-facing condition
         raise MtgraftError(f"cannot start an MLflow run at {mlflow.get_tracking_uri()}: {str(e).splitlines()[0]}") from None

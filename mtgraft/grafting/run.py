@@ -37,6 +37,7 @@ from mtgraft.models import (
     resolve_task,
 )
 from mtgraft.patches import SkillPatch
+from mtgraft.patches.picture import picture_path, region_picture
 from mtgraft.progress import progress_bar
 from mtgraft.resume import ResumeState
 from mtgraft.tasks import TaskSpec, compatible, make_splits
@@ -183,6 +184,7 @@ def _graft_in_run(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
     """Select, evaluate and write every region into the output folder (atomically), then hand the outputs off:
     log them to the run and give each SkillPatch to ``on_written``. A failure there goes into ``handed``."""
     spec, out = inputs.spec, inputs.out
+    t0 = time.perf_counter()
     conf = cfg.model_dump()
     conf.update({"task": spec.name, "learn_settings": inputs.settings, "data": inputs.data})
     run.log_params(conf)
@@ -198,10 +200,12 @@ def _graft_in_run(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
                    "learn_settings": inputs.settings, "finetuned": str(Path(cfg.finetuned).resolve()),
                    "provenance": provenance()}
         write_json(tmp / "results.json", summary)
+    run.log_metrics({"total_seconds": time.perf_counter() - t0})  # every method and sparsity of this task
     # log (and register) only once every file is in its final place: a failed write leaves no registry entry
     try:
         for entry in regions.written:
             run.log_artifact(entry["patch"], "skillpatch")
+            run.log_artifact(picture_path(entry["patch"]), "skillpatch")
             if on_written is not None:
                 entry["registered"] = on_written(Path(entry["patch"]), run.run_id)
         run.log_artifact(out / diag_name)
@@ -232,6 +236,10 @@ def _run_tags(cfg: GraftConfig, spec: TaskSpec, meta: CheckpointMeta) -> dict[st
         tags["mlflow.parentRunId"] = meta.mlflow_run_id
     return tags
 
+
+# MLflow names of a learned graft's per-update curves: the time since its start is `elapsed_seconds`, never the
+# per-region `total_seconds` (one key holding both made the UI show a partial time as the total)
+CURVE_NAMES = {"seconds": "elapsed_seconds"}
 
 # ---------------------------------------------------------------------------------------------- 1. load
 
@@ -442,7 +450,7 @@ def graft_regions(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
                 entry["patch_bytes"] = path.stat().st_size
                 regions.written.append(entry)
             run.log_metrics(region.metrics, prefix=f"test/{mname}_s{s:g}/")
-            run.log_metrics({"region_size": entry["region_size"], "seconds": seconds}, prefix=f"{mname}_s{s:g}/")
+            run.log_metrics({"region_size": entry["region_size"], "total_seconds": seconds}, prefix=f"{mname}_s{s:g}/")
             regions.results.append(entry)
     if ref.boot is not None:  # each learned method against every other at the same size, paired
         points = {(r["method"], r["sparsity"]): r["test"] for r in regions.results}
@@ -463,7 +471,8 @@ def select(inputs: GraftInputs, mname: str, method: Method, sparsity: float, see
         def progress(step: int, _total: int, h: dict[str, Any]) -> None:
             upd(step, f"train {h.get('train', float('nan')):.3f} dev {h.get('dev', float('nan')):.3f} "
                       f"size {h['size']:,}")
-            run.log_metrics({f"graft_s{sparsity:g}/{k_}": v for k_, v in h.items() if k_ != "update"}, step=step)
+            run.log_metrics({f"graft_s{sparsity:g}/{CURVE_NAMES.get(k_, k_)}": v for k_, v in h.items() if k_ != "update"},
+                            step=step)
 
         done = resume.load(f"selection-{key}")
         if done is not None:
@@ -522,4 +531,5 @@ def write_patch(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref
     patch = SkillPatch.from_flat_values(idx.numpy(), ref.theta_ft[idx.to(space.device)].cpu(), inputs.head, header)
     path = folder / f"{safe_name(spec.name)}-{mname}-s{sparsity:g}.skillpatch.safetensors"
     patch.save(path)
+    region_picture(patch, picture_path(path))  # where the region sits, shown beside the patch in MLflow
     return path

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mtgraft.errors import MtgraftError
+from mtgraft.patches.picture import picture_path, region_picture
 from mtgraft.registry.mlflow_io import first_line, is_connection_error, is_transient, quiet_env, quiet_mlflow
 from mtgraft.registry.naming import BEST, LATEST, Ref, check_alias_name, model_name, parse_ref
 from mtgraft.registry.records import (
@@ -106,12 +107,14 @@ class MaskRegistry:
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
 
+        from mtgraft.tracking import EXPERIMENT_TAGS
+
         exp = self._call(self.client.get_experiment_by_name, EXPERIMENT, what="finding the registry experiment")
         if exp is not None:
             return exp.experiment_id
         try:
             return self._call(self.client.create_experiment, EXPERIMENT, what="creating the registry experiment",
-                              raw=("RESOURCE_ALREADY_EXISTS",))
+                              raw=("RESOURCE_ALREADY_EXISTS",), tags=EXPERIMENT_TAGS)
         except MlflowException:  # created by a concurrent registration
             pass
         exp = self._call(self.client.get_experiment_by_name, EXPERIMENT, what="finding the registry experiment")
@@ -285,6 +288,15 @@ class MaskRegistry:
                 sub = f"{ARTIFACT_DIR}/{sha[:12]}"  # never overwrite a different patch
         with quiet_env():
             self._call(self.client.log_artifact, run_id, str(path), sub, what="uploading the patch file")
+            # the region's picture beside the patch in the version's source folder (drawn here if the graft
+            # did not leave one beside the file)
+            pic = picture_path(path)
+            with tempfile.TemporaryDirectory(prefix="mtgraft-pic-") as tmp:
+                if not pic.is_file():
+                    from mtgraft.patches import SkillPatch
+
+                    pic = region_picture(SkillPatch.load(path), Path(tmp) / pic.name)
+                self._call(self.client.log_artifact, run_id, str(pic), sub, what="uploading the region picture")
         return f"{sub}/{path.name}"
 
     def _artifact_sha(self, run_id: str, artifact: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mtgraft.patches.picture import picture_path
 from mtgraft.registry import MaskRegistry, model_name
 from mtgraft.testing import example_task_yaml, make_tiny_checkpoint, make_tiny_model
 from mtgraft.utils import sha256_file
@@ -110,8 +111,10 @@ def test_two_grafts_on_one_out_one_refuses_and_a_killed_one_never_blocks(ck, tmp
     res = json.loads(a_out.strip().splitlines()[-1])
     on_disk = json.loads((out / "results.json").read_text())
     assert [e["patch"] for e in on_disk["results"]] == [e["patch"] for e in res["results"]]
+    patches = [Path(e["patch"]) for e in res["results"]]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [Path(e["patch"]).name for e in res["results"]] + ["results.json", Path(res["reliability_diagram"]).name])
+        [p.name for p in patches] + [picture_path(p).name for p in patches]
+        + ["results.json", Path(res["reliability_diagram"]).name])
     assert not lock.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".same")] == []
 
     # a graft SIGKILLed while holding the lock leaves the lock file; the next graft is not blocked by it

@@ -95,8 +95,12 @@ def test_register_into_existing_run_keeps_both_files(mlflow_local_uri, make_skil
     mc = reg.register_patch(c, run_id=run.info.run_id)
     assert mc.tags["mtgraft.patch_file"] == "skillpatch/graft.safetensors"
     listed = [a.path for a in reg.client.list_artifacts(run.info.run_id, "skillpatch")]
-    assert set(listed) == {"skillpatch/graft.safetensors", "skillpatch/same.safetensors",
+    # each uploaded patch has its region's picture beside it (drawn at registration when the file had none)
+    assert set(listed) == {"skillpatch/graft.safetensors", "skillpatch/same.safetensors", "skillpatch/same.region.png",
                            f"skillpatch/{sha256_file(b)[:12]}"}
+    inner = {a.path for a in reg.client.list_artifacts(run.info.run_id, f"skillpatch/{sha256_file(b)[:12]}")}
+    assert inner == {f"skillpatch/{sha256_file(b)[:12]}/same.safetensors",
+                     f"skillpatch/{sha256_file(b)[:12]}/same.region.png"}
     with pytest.raises(MtgraftError, match="run"):
         reg.register_patch(a, run_id="0" * 32)
 
