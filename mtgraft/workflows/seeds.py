@@ -85,16 +85,48 @@ def _summary(kind: str, root: Path, records: Mapping[int, Mapping[str, Any]], **
 
 def train_record(j: Mapping[str, Any]) -> dict[str, Any]:
     """What one seed's training contributes to the aggregate (from ``TrainResult``/``MultitaskResult.to_json``)."""
-    keep = ("checkpoint", "mlflow_run_id", "test", "dev", "best_step", "steps", "continual")
+    keep = ("checkpoint", "mlflow_run_id", "test", "dev", "best_step", "continual")
     rec = {k: j[k] for k in keep if k in j and j[k] is not None}
     if j.get("graft_cl"):
         rec["graft_cl"] = {"approaches": j["graft_cl"].get("approaches")}
     return rec
 
 
+def _skip_note(seed: int, folder: Path, show_progress: bool) -> None:
+    if show_progress:
+        from mtgraft.progress import console
+
+        console.print(f"[dim]seed {seed}: finished already in {folder} (--resume) — skipped[/]")
+
+
+def finished_training(folder: Path) -> dict[str, Any] | None:
+    """A finished seed's training record, read back from its checkpoint (``--resume`` of several seeds):
+    None unless ``folder`` is a complete checkpoint with no resume state beside it."""
+    if not (folder / "mtgraft.json").is_file() or (folder.parent / f"{folder.name}.resume").exists():
+        return None
+    from mtgraft.models.checkpoint import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(folder)
+    return train_record({"checkpoint": str(folder), "mlflow_run_id": meta.mlflow_run_id,
+                         **{k: v for k, v in (meta.metrics or {}).items() if k in ("test", "dev", "best_step",
+                                                                                    "continual")}})
+
+
+def finished_graft(folder: Path) -> list[dict[str, Any]] | None:
+    """A finished seed's graft results, read back from its ``results.json`` (one, or one per task of an
+    ``--all-tasks`` graft); None when there is none."""
+    import json
+
+    files = [folder / "results.json"] if (folder / "results.json").is_file() else sorted(folder.glob("*/results.json"))
+    if not files:
+        return None
+    return [{"out": str(f.parent), **json.loads(f.read_text())} for f in files]
+
+
 def train_seeds(cfg: Any, seeds: Sequence[int], show_progress: bool = True) -> Any:
     """``mtgraft train`` once per seed (data and training seed): one seed → its ``TrainResult`` (checkpoint
-    in ``cfg.out``); several → the aggregate (``OUT/seed-<s>/`` per seed, ``OUT/seeds.json``)."""
+    in ``cfg.out``); several → the aggregate (``OUT/seed-<s>/`` per seed, ``OUT/seeds.json``). With
+    ``--resume``, seeds whose checkpoint is complete are read back, not trained again."""
     from mtgraft.tasks import get_task
     from mtgraft.training import train
 
@@ -103,6 +135,10 @@ def train_seeds(cfg: Any, seeds: Sequence[int], show_progress: bool = True) -> A
     root = Path(cfg.out or default_out("train", get_task(cfg.task).name))
     records = {}
     for s in seeds:
+        if cfg.resume and (done := finished_training(seed_dir(root, s))) is not None:
+            _skip_note(s, seed_dir(root, s), show_progress)
+            records[s] = done
+            continue
         r = train(cfg.model_copy(update={"seed": s, "out": str(seed_dir(root, s))}), show_progress)
         records[s] = train_record(r.to_json())
     return _summary("train", root, records, task=get_task(cfg.task).name)
@@ -110,18 +146,22 @@ def train_seeds(cfg: Any, seeds: Sequence[int], show_progress: bool = True) -> A
 
 def train_multitask_seeds(cfg: Any, seeds: Sequence[int], show_progress: bool = True) -> Any:
     """``mtgraft train-multitask`` once per seed, like ``train_seeds``."""
+    from mtgraft.models.checkpoint import read_checkpoint_meta
     from mtgraft.workflows.continual import train_multitask_with_grafts
 
     if len(seeds) == 1:
         return train_multitask_with_grafts(cfg.model_copy(update={"seed": seeds[0]}), show_progress)
     root = Path(cfg.out or default_out("multitask", f"{cfg.mode}-{len(cfg.tasks)}tasks"))
     records = {}
-    tasks: list[str] = []
     for s in seeds:
+        if cfg.resume and (done := finished_training(seed_dir(root, s))) is not None:
+            _skip_note(s, seed_dir(root, s), show_progress)
+            records[s] = done
+            continue
         r = train_multitask_with_grafts(cfg.model_copy(update={"seed": s, "out": str(seed_dir(root, s))}),
                                         show_progress)
-        tasks = r.tasks
         records[s] = train_record(r.to_json())
+    tasks = [t.name for t in read_checkpoint_meta(seed_dir(root, seeds[0])).tasks]
     return _summary("train-multitask", root, records, tasks=tasks, mode=cfg.mode)
 
 
@@ -164,7 +204,8 @@ def aggregate_grafts(per_seed: Mapping[int, Sequence[Mapping[str, Any]]]) -> dic
 
 def graft_seeds(cfg: Any, seeds: Sequence[int] | None, show_progress: bool = True) -> Any:
     """``mtgraft graft`` per seed (each through ``graft_and_register``): no seeds or one → its list of
-    ``GraftResult`` (output in ``cfg.out``); several → the aggregate (``OUT/seed-<s>/``, ``OUT/seeds.json``)."""
+    ``GraftResult`` (output in ``cfg.out``); several → the aggregate (``OUT/seed-<s>/``, ``OUT/seeds.json``).
+    With ``--resume``, seeds whose output is complete (``results.json``) are read back, not grafted again."""
     from mtgraft.workflows.graft import graft_and_register
 
     if seeds is None:
@@ -181,6 +222,10 @@ def graft_seeds(cfg: Any, seeds: Sequence[int] | None, show_progress: bool = Tru
     root = Path(cfg.out or default_out("graft", Path(cfg.task).stem if cfg.task else "all-tasks"))
     per_seed: dict[int, list[dict[str, Any]]] = {}
     for s in seeds:
+        if cfg.resume and (done := finished_graft(seed_dir(root, s))) is not None:
+            _skip_note(s, seed_dir(root, s), show_progress)
+            per_seed[s] = done
+            continue
         res = graft_and_register(cfg.model_copy(update={"seed": s, "finetuned": checkpoints[s],
                                                         "out": str(seed_dir(root, s))}), show_progress)
         per_seed[s] = [r.to_json() for r in res]

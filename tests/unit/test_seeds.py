@@ -95,6 +95,12 @@ def test_train_seeds_one_checkpoint_per_seed_and_aggregate(tiny, tmp_path):
     for key in ("accuracy", "ece", "brier"):
         check_agg(agg, f"test.{key}", [metas[s]["metrics"]["test"][key] for s in (13, 21)])
     assert agg["per_seed"]["21"]["checkpoint"] == str(out / "seed-21")
+    # --resume: finished seeds are read back from their checkpoints, not trained again
+    stamps = {s: (out / f"seed-{s}" / "mtgraft.json").stat().st_mtime_ns for s in (13, 21)}
+    again = cli(*_train_args(tiny, "--seeds", "13,21", "--out", str(out), "--resume", "--json"))
+    assert again.exit_code == 0, again.output
+    assert {s: (out / f"seed-{s}" / "mtgraft.json").stat().st_mtime_ns for s in (13, 21)} == stamps
+    assert json.loads(again.stdout)["mean"] == pytest.approx(agg["mean"])
 
 
 def test_train_one_seed_keeps_the_old_layout(tiny, tmp_path):
@@ -184,6 +190,13 @@ def test_graft_over_a_seeds_folder_pairs_checkpoint_and_seed(tiny, tmp_path):
         patch = SkillPatch.load(out / f"seed-{s}" / Path(data["results"][0]["patch"]).name)
         assert patch.header.seed == s
         assert Path(data["finetuned"]).resolve() == (d / f"seed-{s}").resolve()
+    # --resume: finished seeds are read back from their results.json, not grafted again
+    stamp = (out / "seed-21" / "results.json").stat().st_mtime_ns
+    again = cli("graft", "--finetuned", str(d), *GRAFT, "--method", "graft", "--sparsity", "0.01",
+                "--seeds", "13,21", "--out", str(out), "--resume", "--json")
+    assert again.exit_code == 0, again.output
+    assert (out / "seed-21" / "results.json").stat().st_mtime_ns == stamp
+    assert json.loads(again.stdout)["results"] == agg["results"]
     # a seed the folder does not hold; and the folder without --seeds
     res = cli("graft", "--finetuned", str(d), *GRAFT, "--seeds", "13,42", "--out", str(tmp_path / "H"))
     assert res.exit_code != 0 and "none for 42" in res.output
