@@ -157,13 +157,16 @@ class EvalCache:
             return None
 
     def _store(self, path: Path, digest: str, arrays: Mapping[str, np.ndarray]) -> None:
+        if self.root in _WRITE_FAILED:  # said once: a full or read-only disk stays so for this process
+            return
         try:
             with atomic_file(path, "wb") as f:
                 np.savez(f, key=np.asarray(digest), **arrays)
         except (OSError, MtgraftError) as e:
             from mtgraft.progress import warn
 
-            warn(f"cannot write evaluation cache entry {path} ({e}); going on without it")
+            _WRITE_FAILED.add(self.root)
+            warn(f"cannot write to the evaluation cache {self.root} ({e}); going on without writing to it")
 
     # -- encoded sets ---------------------------------------------------------------------------
     def encoded(self, model: TaskModel, task: str, examples: list[Any], max_length: int) -> Encoded:
@@ -242,6 +245,9 @@ def _encoded_from(task: str, a: Mapping[str, np.ndarray], n: int) -> Encoded:
     if positions and len(positions) != n:
         raise ValueError("positions do not match the examples")
     return Encoded(task, ids, tt, labels, positions)
+
+
+_WRITE_FAILED: set[Path | None] = set()  # cache folders this process could not write to
 
 
 def get_cache() -> EvalCache:

@@ -390,7 +390,8 @@ CASES: list[Case] = [
     Case("graft-disk-full", "graft", "the disk fills up while a SkillPatch is written (simulated)",
          lambda e: [*_graft(e, "graft-disk-full"), "--register", "--json"],
          r"cannot write '.*graft-disk-full': No space left on device",
-         setup=lambda e, mp: disk_full_bytes(mp), late=True),
+         # the disk fills up at the patch, not before: the evaluation cache (written earlier) is off here
+         setup=lambda e, mp: (disk_full_bytes(mp), mp.setenv("MTGRAFT_EVAL_CACHE", "off")), late=True),
     # --- eval --------------------------------------------------------------------------------------------
     Case("eval-model-and-patch", "eval", "both `--model` and `--patch`",
          lambda e: ["eval", "--model", e.ck, "--patch", e.patch, "--out", str(e.out("eval-model-and-patch"))],
@@ -555,7 +556,7 @@ def guard(mp: pytest.MonkeyPatch, case: Case) -> None:
 
     for target in ("mtgraft.training.single.train_loop", "mtgraft.training.multitask.train_loop"):
         mp.setattr(target, stop("training"))
-    for target in ("mtgraft.grafting.run.encode_examples", "mtgraft.evaluation.runner.encode_examples"):
+    for target in ("mtgraft.grafting.run.encode_examples", "mtgraft.evaluation.cache.encode_examples"):
         mp.setattr(target, stop("data encoding"))
     if not case.needs_model:
         for target in ("mtgraft.models.task_model.load_backbone", "mtgraft.models.checkpoint.load_backbone"):

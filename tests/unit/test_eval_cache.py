@@ -226,3 +226,21 @@ def test_eval_and_transfer_same_with_and_without_cache(tiny, tmp_path, monkeypat
     for k in ("accuracy", "macro_f1", "ece", "brier", "agreement", "rel", "pretrained_accuracy"):
         assert ev2["test"][k] == ev0["test"][k]
     assert tr2["accuracy"] == tr0["accuracy"] and tr2["reference"] == tr0["reference"]
+
+
+def test_unwritable_cache_warns_once_and_changes_nothing(tiny, tmp_path, monkeypatch):
+    import errno
+
+    monkeypatch.setenv("MTGRAFT_EVAL_CACHE", "off")
+    off = _graft(tiny["ft"], tmp_path / "off", eval_tasks=[tiny["ood"]])
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("MTGRAFT_EVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("mtgraft.evaluation.cache.atomic_file", full)
+    warned: list[str] = []
+    monkeypatch.setattr("mtgraft.progress.warn", warned.append)
+    got = _graft(tiny["ft"], tmp_path / "full", eval_tasks=[tiny["ood"]])  # 2 encoded sets + 4 references
+    assert len(warned) == 1 and "No space left" in warned[0]
+    assert got.reference == off.reference and got.results[0]["test"] == off.results[0]["test"]
