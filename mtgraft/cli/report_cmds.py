@@ -40,7 +40,7 @@ def overlap_report_cmd(
     union: list[str] | None = typer.Option(None, "--union", help="A task group whose union graft to evaluate, e.g. --union a,b (repeatable; needs --with-transfer).", rich_help_panel=ANALYSIS),
     min_enrichment: float = typer.Option(2.0, "--min-enrichment", help="Task-graph edge when the overlap is at least this many times chance ...", rich_help_panel=ANALYSIS),
     max_p: float = typer.Option(0.05, "--max-p", help="... and its Bonferroni-adjusted hypergeometric p-value (the report's verdicts) is at most this.", rich_help_panel=ANALYSIS),
-    max_test: str = typer.Option("recorded", "--max-test", help="Cap on test examples per task for transfer; 'recorded' (or 'all'): the test set each patch was measured on, as grafting used it (max_test auto: all of a split of ≤ 2000, else a fixed subsample of 2000).", rich_help_panel=ANALYSIS),
+    max_test: str = typer.Option("recorded", "--max-test", help="Cap on test examples per task for transfer; 'recorded' (or 'all'): the test set each patch was measured on, as grafting used it (max_test auto: all of a split of ≤ 2000, else a fixed subsample of 2000); 'auto' or an integer: at most that many.", rich_help_panel=ANALYSIS),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (transfer only).", rich_help_panel=ANALYSIS),
     out: str | None = typer.Option(None, "--out", help="Report folder (default runs/overlap/<tasks>-<time>).", rich_help_panel=OUT),
     title: str | None = typer.Option(None, "--title", help="Title of the report page.", rich_help_panel=OUT),
@@ -50,6 +50,7 @@ def overlap_report_cmd(
 ) -> None:
     """How disjoint task regions are, against chance: metrics, task graph, transfer; an HTML/Markdown report."""
     from mtgraft.analysis.report import DUPLICATE_POLICIES, build_report, select_patches_from_registry
+    from mtgraft.config import DEFAULT_MAX_TEST
     from mtgraft.utils import default_out
     from mtgraft.workflows.seeds import parse_seeds, report_seeds
 
@@ -64,7 +65,8 @@ def overlap_report_cmd(
     if files_all and (tasks or base or (method and seed_list is None)):
         raise MtgraftError("give either patch files (--patches) or registry selectors (--task/--base/--method), "
                            "not both")
-    mt = None if max_test.strip().lower() in ("all", "recorded") else _int(max_test, "--max-test")
+    mt_word = max_test.strip().lower()
+    mt = None if mt_word in ("all", "recorded") else DEFAULT_MAX_TEST if mt_word == "auto" else _int(max_test, "--max-test")
     unions = [_split([u]) for u in (union or [])]
     with tempfile.TemporaryDirectory(prefix="mtgraft-report-") as tmp:
         if files_all:

@@ -244,3 +244,26 @@ def test_unwritable_cache_warns_once_and_changes_nothing(tiny, tmp_path, monkeyp
     got = _graft(tiny["ft"], tmp_path / "full", eval_tasks=[tiny["ood"]])  # 2 encoded sets + 4 references
     assert len(warned) == 1 and "No space left" in warned[0]
     assert got.reference == off.reference and got.results[0]["test"] == off.results[0]["test"]
+
+
+@pytest.mark.parametrize(("word", "expected"), [(None, None), ("recorded", None), ("all", None), ("auto", 2000),
+                                                ("300", 300)])
+def test_report_max_test_words(word, expected, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import mtgraft.cli.app as cli_app
+    from mtgraft.errors import MtgraftError
+
+    seen: dict = {}
+
+    def fake_build_report(inputs, out, **kw):
+        seen.update(kw)
+        raise MtgraftError("stopped after the options")
+
+    monkeypatch.setattr("mtgraft.analysis.report.build_report", fake_build_report)
+    cli_app._register()
+    args = ["overlap-report", "--patches", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
+            "--no-track", "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(cli_app.app, args + (["--max-test", word] if word else []))
+    assert r.exit_code != 0 and "max_test" in seen
+    assert seen["max_test"] == expected  # default: the recorded test sets, the grafts' own
