@@ -198,7 +198,7 @@ def test_summary_flags_near_identical_joint_regions():
 def test_report_data_keeps_the_dict_view(res):
     keys = ["labels", "patches", "sources", "nodes", "P", "segments", "header", "matrices", "pairs",
             "breakdown_layer", "breakdown_module", "pooled_layer", "pooled_module", "profiles", "graph",
-            "graph_info", "transfer", "correlation", "correlation_containment", "summary"]
+            "graph_info", "transfer", "correlation", "correlation_containment", "summary", "seeds"]
     assert list(res.as_dict()) == keys and list(res.keys()) == keys
     assert res["pairs"] is res.pairs and res["summary"] is res.summary and res["transfer"] is None
     with pytest.raises(KeyError):
