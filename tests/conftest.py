@@ -147,7 +147,8 @@ def make_skillpatch(tmp_path: Path):
 
     def make(name: str = "p.safetensors", task: str = "sst2", rel: float | None = 0.9, seed: int = 0,
              base_model: str = "minilm", base_hash: str = "sha256:" + "ab" * 32, accuracy: float = 0.8,
-             finetune_run_id: str | None = "ft-run-0", folder: Path | None = None) -> Path:
+             finetune_run_id: str | None = "ft-run-0", folder: Path | None = None,
+             rel_ci95: list[float] | None = None) -> Path:
         g = torch.Generator().manual_seed(seed)
         ft = {"w": torch.randn(4, 4, generator=g), "b": torch.randn(4, generator=g)}
         masks = {"w": torch.rand(4, 4, generator=g) < 0.4, "b": torch.rand(4, generator=g) < 0.5}
@@ -155,6 +156,8 @@ def make_skillpatch(tmp_path: Path):
         test = {"accuracy": accuracy, "ece": 0.05}
         if rel is not None:
             test["rel"] = rel
+        if rel_ci95 is not None:
+            test["rel_ci95"] = rel_ci95
         hdr = {"base_model": base_model, "base_hash": base_hash, "graftable": [("w", [4, 4]), ("b", [4])],
                "task": task, "tasks_info": {task: {"name": task, "labels": ["neg", "pos"]}}, "model_type": "head",
                "method": "graft", "method_settings": {"lr": 1e7, "steps": 100}, "sparsity_requested": 0.3,

@@ -75,13 +75,14 @@ def list_cmd(
     t = Table(title=f"SkillPatches in {reg.tracking_uri}", box=box.SIMPLE_HEAD, pad_edge=False)
     for col, just in (("name", "left"), ("version", "right"), ("aliases", "left"), ("task", "left"),
                       ("base", "left"), ("method", "left"), ("sparsity", "right"), ("size", "right"),
-                      ("accuracy", "right"), ("Rel", "right")):
+                      ("accuracy", "right"), ("Rel", "right"), ("flag (never best)", "left")):
         t.add_column(col, justify=just, overflow="fold", no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
         t.add_row(r["name"], r["version"], ", ".join(r["aliases"]), r["task"] or "-", base_short_name(r["base_model"] or "-"),
                   r["method"] or "-", _f(r["sparsity"], ".3g"),
                   f"{r['region_size']:,}" if r["region_size"] is not None else "-",
-                  _f(r["accuracy"]), _f(r["rel"]))
+                  _f(r["accuracy"]), _f(r["rel"]) + (f" [{_f(r['rel_ci95'][0], '.2f')}, {_f(r['rel_ci95'][1], '.2f')}]"
+                                                     if r.get("rel_ci95") else ""), r.get("flag") or "")
     _print_wide(t)
     if incomplete:
         console.print(f"{len(rows)} incomplete version(s): registrations that never finished"

@@ -23,6 +23,7 @@ from mtgraft.registry.records import (
     INCOMPLETE_TAG,
     KIND,
     KIND_TAG,
+    NOT_BEST_TAG,
     RegisteredMask,
     version_tags,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "KIND",
     "KIND_TAG",
     "LATEST",
+    "NOT_BEST_TAG",
     "MaskRegistry",
     "Ref",
     "RegisteredMask",

@@ -22,6 +22,25 @@ FILE_TAG = "mtgraft.patch_file"
 #: On a version from creation until its registration (the whole command's) finished; its value says who
 #: registers it (``host:pid:unix-time``). Leftovers of a killed registration: ``mtgraft masks list --incomplete``.
 INCOMPLETE_TAG = "mtgraft.incomplete"
+#: On a version that must not take ``best``; its value says why (its Rel interval does not exceed 0, or its Rel
+#: is below the top-k baseline's at the same size). ``masks list`` shows it in the ``flag`` column.
+NOT_BEST_TAG = "mtgraft.not_best"
+
+
+def rel_interval(metrics: dict[str, Any]) -> list[float] | None:
+    """The test Rel's 95% interval a patch header records (``metrics.test.rel_ci95``), if any."""
+    ci = (metrics.get("test") or {}).get("rel_ci95") if isinstance(metrics.get("test"), dict) else None
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(num(x) is not None for x in ci):
+        return [float(ci[0]), float(ci[1])]
+    return None
+
+
+def not_best_reasons(header: Any) -> list[str]:
+    """Why a patch must not take ``best``, from its header alone: its Rel interval does not exceed zero."""
+    ci = rel_interval(header.metrics or {})
+    if ci is not None and ci[0] <= 0:
+        return [f"Rel interval [{ci[0]:.2f}, {ci[1]:.2f}] does not exceed 0"]
+    return []
 
 
 @dataclass
@@ -103,6 +122,12 @@ def version_tags(header: Any, sha256: str, patch_file: str) -> dict[str, str]:
         "patch_file": patch_file,
         "payload_hash": h.payload_hash,
     }
+    ci = rel_interval(h.metrics or {})
+    if ci is not None:
+        values["rel_ci_low"], values["rel_ci_high"] = ci
+    reasons = not_best_reasons(h)
+    if reasons:
+        values["not_best"] = "; ".join(reasons)
     return {TAG + k: fmt(v) for k, v in values.items() if v is not None}
 
 def describe(h: Any) -> str:
@@ -134,6 +159,9 @@ def row_from(name: str, version: str | None, run_id: str | None, t: dict[str, st
         "accuracy": num(t.get("mtgraft.test_accuracy")), "rel": num(t.get("mtgraft.rel")),
         "ece": num(t.get("mtgraft.ece")), "run_id": run_id, "sha256": t.get(SHA_TAG),
         "incomplete": INCOMPLETE_TAG in t,
+        "rel_ci95": ([num(t["mtgraft.rel_ci_low"]), num(t["mtgraft.rel_ci_high"])]
+                     if "mtgraft.rel_ci_low" in t and "mtgraft.rel_ci_high" in t else None),
+        "flag": t.get(NOT_BEST_TAG),
     }
 
 

@@ -31,6 +31,7 @@ from mtgraft.registry.records import (
     INCOMPLETE_TAG,
     KIND,
     KIND_TAG,
+    NOT_BEST_TAG,
     SHA_TAG,
     RegisteredMask,
     base_matches,
@@ -202,7 +203,10 @@ class MaskRegistry:
             run = self._call(self.client.get_run, run_id, what=f"reading MLflow run {run_id}")
             source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_file.rsplit('/', 1)[0]}"
             tags = version_tags(h, sha, artifact_file)
-            tags.update({str(k): fmt(v) for k, v in (extra_tags or {}).items() if v is not None})
+            extra = {str(k): fmt(v) for k, v in (extra_tags or {}).items() if v is not None}
+            if NOT_BEST_TAG in extra and NOT_BEST_TAG in tags:  # both the header's and the caller's reasons
+                extra[NOT_BEST_TAG] = f"{tags[NOT_BEST_TAG]}; {extra[NOT_BEST_TAG]}"
+            tags.update(extra)
             tags[INCOMPLETE_TAG] = registrant()
             self._ensure_registered_model(name, h)
             desc = describe(h)
@@ -310,8 +314,8 @@ class MaskRegistry:
         for _ in range(3):
             rm = self._registered_model(name)
             versions = self._versions(f"name = '{name}'")
-            rels = {str(v.version): num(v.tags.get("mtgraft.rel")) for v in versions
-                    if INCOMPLETE_TAG not in (v.tags or {})}  # an unfinished registration is never best
+            rels = {str(v.version): num(v.tags.get("mtgraft.rel")) for v in versions  # an unfinished or flagged
+                    if INCOMPLETE_TAG not in (v.tags or {}) and NOT_BEST_TAG not in (v.tags or {})}  # one: never best
             scored = [(r, -int(ver), ver) for ver, r in rels.items() if r is not None]
             if not scored:
                 return

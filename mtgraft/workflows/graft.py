@@ -18,7 +18,7 @@ from typing import Any
 from mtgraft.errors import MtgraftError
 from mtgraft.grafting import GraftConfig, GraftResult, OnWritten, run_graft
 from mtgraft.grafting.run import HandOffError, out_lock
-from mtgraft.registry import RegisteredMask, RegistrationBatch
+from mtgraft.registry import NOT_BEST_TAG, RegisteredMask, RegistrationBatch
 from mtgraft.utils import sha256_file, write_json
 
 RESULTS = "results.json"
@@ -54,9 +54,30 @@ def registrar(batch: RegistrationBatch) -> OnWritten:
     as a version of the run that wrote it."""
 
     def register(path: Path, run_id: str | None) -> dict[str, Any]:
-        return _entry(batch.add(path, run_id=run_id))
+        return _entry(batch.add(path, run_id=run_id, extra_tags=baseline_flag(path)))
 
     return register
+
+
+BASELINE = "topk"
+"""The baseline a region must not fall below (Rel at the same size) to take the registry's ``best``."""
+
+
+def baseline_flag(path: Path) -> dict[str, str]:
+    """``{NOT_BEST_TAG: reason}`` when the graft output folder's ``results.json`` shows this patch's Rel below
+    the top-k baseline's at the same sparsity (same test examples); else {}. The Rel-interval rule needs only
+    the patch header and is applied by the registry itself."""
+    try:
+        data = json.loads((path.parent / RESULTS).read_text())
+        [entry] = [e for e in data.get("results", []) if e.get("patch") and Path(e["patch"]).name == path.name]
+    except (OSError, ValueError, TypeError):
+        return {}
+    rel = (entry.get("test") or {}).get("rel")
+    base = [e for e in data["results"] if e.get("method") == BASELINE and e.get("sparsity") == entry.get("sparsity")]
+    base_rel = (base[0].get("test") or {}).get("rel") if base else None
+    if entry.get("method") == BASELINE or rel is None or base_rel is None or rel >= base_rel:
+        return {}
+    return {NOT_BEST_TAG: f"Rel {rel:.2f} below top-k's {base_rel:.2f} at the same size"}
 
 
 def _entry(m: RegisteredMask) -> dict[str, Any]:
@@ -120,7 +141,7 @@ def register_outputs(paths: list[str | os.PathLike], tracking_uri: str | None = 
                 shas = {sha256_file(p) for p in files}
                 cleaned = batch.registry.delete_incomplete(shas)["deleted"]
             for current in files:
-                batch.add(current, run_id=run_id)
+                batch.add(current, run_id=run_id, extra_tags=baseline_flag(current))
             masks = batch.commit()
         except Exception as e:
             targets = " ".join(str(p) for p in paths)
