@@ -115,12 +115,15 @@ def model_key(model: TaskModel, task: str) -> dict[str, Any]:
 
 
 def runtime_key(device: torch.device | str, precision: str = "fp32", batch_size: int = 64) -> dict[str, Any]:
-    """What of the run changes the floats: device type (and GPU name), precision, batch size, torch version."""
+    """What of the run changes the floats: device type (GPU name, or CPU threads: a CPU matrix product may
+    split its sums by thread), precision, batch size, torch version."""
     device = torch.device(device)
     key: dict[str, Any] = {"device": device.type, "precision": precision, "batch_size": batch_size,
                            "torch": torch.__version__}
     if device.type == "cuda":
         key["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        key["threads"] = torch.get_num_threads()
     return key
 
 
