@@ -4,7 +4,7 @@ Typical use::
 
     from mtgraft.tasks import get_task, make_splits
     spec = get_task("rotten_tomatoes")
-    splits = make_splits(spec, k=64, seed=13, max_test=1000)
+    splits = make_splits(spec, k=64, seed=13, max_test=2000)  # 2000 = the default cap, max_test: auto
 """
 
 from mtgraft.tasks.data import (
