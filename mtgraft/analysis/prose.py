@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mtgraft.analysis.formatting import fmt_p, fmt_pairs, fmt_range, fmt_x
-from mtgraft.analysis.stats import ALPHA, VERDICTS, domain_comparison, split_by_domain
+from mtgraft.analysis.stats import ALPHA, MIN_GAIN, VERDICTS, domain_comparison, learnt_pairs, split_by_domain
 
 CHANCE_BAND = 1.5
 """Every pair's enrichment within [1/CHANCE_BAND, CHANCE_BAND]: the regions overlap at about chance level."""
@@ -122,6 +122,16 @@ def near_identical_sentence(pairs: Sequence[dict[str, Any]], modes: set[Any]) ->
            "for every task: the learned grafts have barely moved away from it. Learn them longer (or with a "
            "free budget) before reading overlap as task similarity." if modes == {"joint"} else "")
     return f"The regions are nearly identical (Jaccard {min(jac):.2f}–{max(jac):.2f} for every pair).{why}"
+
+
+def not_learnt_sentence(tasks: Sequence[str], nodes: Mapping[str, Mapping[str, Any]], n_left_out: int) -> str:
+    """Which tasks fine-tuning did not teach (gain interval includes 0, or gain below ``MIN_GAIN``), and that
+    their pairs are left out of every conclusion below."""
+    why = "; ".join(f"{t}: {nodes[t]['learnt_reason']}" for t in tasks)
+    return (f"Not learnt, so left out of the conclusions below (the tables keep them): {why}. A task counts "
+            f"as learnt when fine-tuning gained at least {MIN_GAIN:.2f} test accuracy over P_0 with a 95% "
+            f"interval above 0; {fmt_pairs(n_left_out)} involving them {'is' if n_left_out == 1 else 'are'} "
+            "not used for overlap or similarity claims, nor for the task graph's edges.")
 
 
 def pair_sentences(by: Mapping[str, list[dict[str, Any]]], strong: Sequence[dict[str, Any]]) -> list[str]:
@@ -249,13 +259,17 @@ def summarise(data: ProseInput, core: int = 0) -> dict[str, Any]:
 
     ``core`` = number of entries in every region (reported when every pair overlaps beyond chance).
     """
-    mat, pairs, nodes = data.matrices, data.pairs, data.nodes
+    mat, nodes = data.matrices, data.nodes
     tasks = mat["tasks"]
     P = int(mat["P"])
     sizes = [int(s) for s in mat["sizes"]]
+    pairs = learnt_pairs(data.pairs, nodes)  # conclusions only from tasks fine-tuning actually taught
+    not_learnt = [t for t in tasks if nodes[t].get("learnt") is False]
     by = by_verdict(pairs)
     strong = sorted(by["beyond_chance"], key=lambda r: -(r["enrichment"] or 0))
-    lines = [regions_sentence(len(tasks), P, sizes, pairs)]
+    lines = [regions_sentence(len(tasks), P, sizes, data.pairs)]
+    if not_learnt:
+        lines.append(not_learnt_sentence(not_learnt, nodes, len(data.pairs) - len(pairs)))
     lines += [s for s in (chance_level_sentence(pairs),
                           common_core_sentence(len(pairs), len(strong), sizes, P, core),
                           near_identical_sentence(pairs, {nodes[t].get("finetuned_mode") for t in tasks}))

@@ -57,11 +57,16 @@ def inputs_table(data: ReportData) -> Table:
     """One row per task: domain, method, sparsity, region size, recorded test accuracy and Rel (with their 95%
     intervals where the graft recorded them), source."""
     n = data.nodes
+
+    def learnt(lab: str) -> str:
+        return {True: "yes", False: "no (left out of conclusions)", None: "unknown"}[n[lab].get("learnt")]
+
     return Table(["task", "domain", "method", "sparsity", "region size", "test acc [95% CI]", "Rel [95% CI]",
-                  "source"],
+                  "fine-tuning gain [95% CI]", "learnt", "source"],
                  [[lab, n[lab]["domain"] or "–", n[lab]["method"], f"{n[lab]['sparsity']:.2e}",
                    f"{n[lab]['region_size']:,}", fmt_ci(n[lab]["accuracy"], n[lab].get("accuracy_ci95")),
                    fmt_ci(n[lab]["rel"], n[lab].get("rel_ci95")),
+                   fmt_ci(n[lab].get("gain"), n[lab].get("gain_ci95"), "+.3f"), learnt(lab),
                    n[lab]["source"]] for lab in data.labels])
 
 

@@ -27,7 +27,14 @@ from mtgraft.analysis.formatting import finite_interval, fmt_p, fmt_x
 from mtgraft.analysis.inputs import DUPLICATE_POLICIES, Duplicates, load_inputs, select_patches_from_registry
 from mtgraft.analysis.overlap import Segments, overlap_matrices, region_profile
 from mtgraft.analysis.report_data import ReportData
-from mtgraft.analysis.stats import breakdown, pair_records, pooled, within_tensor_chance
+from mtgraft.analysis.stats import (
+    breakdown,
+    learnt_pairs,
+    learnt_status,
+    pair_records,
+    pooled,
+    within_tensor_chance,
+)
 from mtgraft.errors import MtgraftError
 from mtgraft.utils import atomic_dir, atomic_file, finite_or_none
 
@@ -60,10 +67,19 @@ def _domain(task: str) -> str | None:
 
 
 def _node(p: Any, src: str) -> dict[str, Any]:
-    """A task's inputs row: what its patch's header records (method, sizes, test metrics, domain)."""
+    """A task's inputs row: what its patch's header records (method, sizes, test metrics, domain, fine-tuning
+    gain and whether the task counts as learnt)."""
     h = p.header
     test = (h.metrics or {}).get("test", {})
-    return {"tasks": h.tasks, "source": src, "method": h.method, "region_size": h.region_size,
+    ft = ((h.metrics or {}).get("reference") or {}).get("finetuned") or {}
+    pre = ((h.metrics or {}).get("reference") or {}).get("pretrained") or {}
+    gain = finite_or_none(ft.get("gain"))
+    if gain is None and ft.get("accuracy") is not None and pre.get("accuracy") is not None:
+        gain = finite_or_none(ft["accuracy"] - pre["accuracy"])
+    gain_ci = finite_interval(ft.get("gain_ci95"))
+    learnt, why = learnt_status(gain, gain_ci)
+    return {"gain": gain, "gain_ci95": gain_ci, "learnt": learnt, "learnt_reason": why,
+            "tasks": h.tasks, "source": src, "method": h.method, "region_size": h.region_size,
             "sparsity": h.sparsity, "sparsity_requested": h.sparsity_requested,
             "accuracy": finite_or_none(test.get("accuracy")), "rel": finite_or_none(test.get("rel")),
             "accuracy_ci95": finite_interval(test.get("accuracy_ci95")),
@@ -144,7 +160,7 @@ def analyse(
     bd_module = breakdown(regions, seg, "module")
     nodes = {lab: _node(p, src) for lab, p, src in zip(labels, plist, srcs, strict=True)}
     pairs = pair_records(mat)  # one set of corrected p-values and verdicts for the report and the graph
-    G, graph_info = _task_graph(mat, nodes, min_enrichment, max_p, pairs)
+    G, graph_info = _task_graph(mat, nodes, min_enrichment, max_p, learnt_pairs(pairs, nodes))
     data = ReportData(
         labels=labels, patches=plist, sources=srcs, nodes=nodes, P=seg.total, segments=seg, header=h0,
         matrices=mat, pairs=pairs, breakdown_layer=bd_layer, breakdown_module=bd_module,

@@ -28,6 +28,30 @@ MIN_PAIRS_FOR_MANNWHITNEY = 2
 
 VERDICTS = ("beyond_chance", "chance", "below_chance", "too_small")
 
+MIN_GAIN = 0.02
+"""A task counts as learnt when fine-tuning beat the pretrained body (+ task head) by at least this much test
+accuracy and the gain's 95% paired-bootstrap interval lies above zero; otherwise its region stands for little
+skill and the report leaves it out of its overlap and similarity conclusions (docs/method.md §3)."""
+
+
+def learnt_pairs(pairs: Sequence[dict[str, Any]], nodes: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs the report draws conclusions from: both tasks learnt (or of unknown status)."""
+    return [r for r in pairs if nodes.get(r["a"], {}).get("learnt") is not False
+            and nodes.get(r["b"], {}).get("learnt") is not False]
+
+
+def learnt_status(gain: float | None, gain_ci95: list[float] | None) -> tuple[bool | None, str]:
+    """(learnt?, why) from a task's fine-tuning gain and its interval; (None, …) when the patch recorded
+    neither (made before the gain was recorded): such a task is kept in the conclusions."""
+    if gain is None:
+        return None, "fine-tuning gain not recorded"
+    iv = f" [{gain_ci95[0]:+.3f}, {gain_ci95[1]:+.3f}]" if gain_ci95 else ""
+    if gain_ci95 is not None and gain_ci95[0] <= 0:
+        return False, f"fine-tuning gain {gain:+.3f}{iv} has an interval that includes 0"
+    if gain < MIN_GAIN:
+        return False, f"fine-tuning gain {gain:+.3f}{iv} is below the minimum {MIN_GAIN:+.2f}"
+    return True, f"fine-tuning gain {gain:+.3f}{iv}"
+
 
 def bonferroni_tests(n_tasks: int) -> int:
     """Number of tests the p-values are adjusted for: the unordered pairs of ``n_tasks`` tasks (at least 1)."""

@@ -10,6 +10,7 @@ import pytest
 from test_report import MODULES, analyse, make_patch
 
 from mtgraft.analysis import prose
+from mtgraft.analysis import stats as prose_stats
 from mtgraft.analysis.formatting import fmt_x
 
 LAYERS = 2
@@ -102,3 +103,39 @@ def test_domain_and_graph_sentences_follow_their_data(report):
     assert ("no community structure" in g) == (q is not None and q < prose.NO_STRUCTURE_MODULARITY)
     if q is not None:
         assert f"{q:.3f}" in g
+
+
+def _with_gain(task, idx, gain, ci):
+    p = make_patch(task, idx, table=TABLE)
+    p.header.metrics = {**p.header.metrics, "reference": {"finetuned": {"accuracy": 0.8, "gain": gain,
+                                                                          "gain_ci95": ci},
+                                                           "pretrained": {"accuracy": 0.8 - gain}}}
+    return p
+
+
+def test_a_task_not_learnt_is_left_out_of_the_conclusions_with_its_reason():
+    """hedge's fine-tuning gain interval includes 0: its pairs stay in the table but no sentence, domain
+    comparison or graph edge uses them, and the summary says why (issue 12 item 6)."""
+    rng = np.random.default_rng(3)
+    shared = _tensor(0) + rng.choice(SIZE, 150, replace=False)
+    own = [_tensor(5) + rng.choice(SIZE, 100, replace=False) for _ in range(3)]
+    ps = [_with_gain("rotten_tomatoes", np.r_[shared, own[0]], 0.15, [0.10, 0.20]),
+          _with_gain("movie_polarity", np.r_[shared, own[1]], 0.12, [0.07, 0.17]),
+          _with_gain("hedge", np.r_[shared, own[2]], 0.03, [-0.02, 0.08])]
+    res = analyse(ps, min_enrichment=2.0)
+    assert res.nodes["hedge"]["learnt"] is False and res.nodes["rotten_tomatoes"]["learnt"] is True
+    text = res.summary["sentences"]
+    [nl] = [s for s in text if s.startswith("Not learnt")]
+    assert "hedge: fine-tuning gain +0.030 [-0.020, +0.080] has an interval that includes 0" in nl
+    assert "2 pairs involving them are not used" in nl
+    assert not any("hedge" in s for s in text if s is not nl and PAIR_RE.match(s))
+    assert {(r["a"], r["b"]) for r in res.pairs if "hedge" in (r["a"], r["b"])}  # still in the table
+    assert not any("hedge" in e for e in res.graph.edges)
+    assert res.graph.has_edge("rotten_tomatoes", "movie_polarity")
+    assert res.summary["beyond_chance"] == ["rotten_tomatoes–movie_polarity"]
+
+
+def test_a_small_gain_with_a_positive_interval_is_still_not_learnt():
+    learnt, why = prose_stats.learnt_status(0.01, [0.005, 0.015])
+    assert learnt is False and why == f"fine-tuning gain +0.010 [+0.005, +0.015] is below the minimum +{prose_stats.MIN_GAIN:.2f}"
+    assert prose_stats.learnt_status(None, None)[0] is None and prose_stats.learnt_status(0.1, None)[0] is True
