@@ -175,6 +175,7 @@ class Study:
             summary = self._joint()
         else:
             summary = self._sequential()
+        summary["gains"] = task_gains(summary)
         summary.update({"study": c.name, "kind": c.kind, "out": str(self.out),
                         "seconds": round(time.perf_counter() - t0, 1)})
         write_json(self.out / "summary.json", summary)
@@ -303,6 +304,26 @@ class Study:
                 "continual": tr.get("continual"), "graft_cl": cl}
 
 
+def task_gains(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each grafted task's fine-tuning gain over P_0 with its paired-bootstrap interval, and whether it counts
+    as learnt (``analysis.stats.learnt_status``: interval above 0 and gain ≥ ``MIN_GAIN``)."""
+    from mtgraft.analysis.stats import learnt_status
+
+    grafts = summary.get("grafts") or [row["graft"] for row in summary.get("tasks") or [] if row.get("graft")]
+    out = []
+    for g in grafts:
+        ft = (g.get("reference") or {}).get("finetuned") or {}
+        pre = (g.get("reference") or {}).get("pretrained") or {}
+        gain = ft.get("gain")
+        if gain is None and ft.get("accuracy") is not None and pre.get("accuracy") is not None:
+            gain = ft["accuracy"] - pre["accuracy"]
+        learnt, why = learnt_status(gain, ft.get("gain_ci95"))
+        out.append({"task": g["task"], "pretrained": pre.get("accuracy"), "finetuned": ft.get("accuracy"),
+                    "gain": gain, "gain_ci95": ft.get("gain_ci95"), "gain_p": ft.get("gain_p"),
+                    "learnt": learnt, "reason": why})
+    return out
+
+
 def _brief_train(tr: dict[str, Any]) -> dict[str, Any]:
     keep = ("task", "tasks", "mode", "checkpoint", "test", "steps", "best_step", "train_seconds",
             "examples_per_second", "mlflow_run_id", "accuracy_matrix", "continual")
@@ -379,6 +400,20 @@ def render_summary(s: dict[str, Any]) -> str:
             if st.get("patches_bytes"):
                 lines += ["", f"Storage: {len(per)} SkillPatches {st['patches_bytes']:,} bytes against {len(per)} stage "
                           f"checkpoints {st.get('checkpoints_bytes', 0):,} bytes ({_f(st.get('ratio'), 0)}× smaller)."]
+    if s.get("gains"):
+        from mtgraft.analysis.stats import MIN_GAIN
+
+        lines += ["", "## Fine-tuning gains (was each task learnt?)", "",
+                  f"Gain = fine-tuned − pretrained (+ task head) test accuracy on the same examples, 95% paired "
+                  f"bootstrap interval; a task is learnt when the interval lies above 0 and the gain is at least "
+                  f"{MIN_GAIN:.2f}. Tasks not learnt are left out of the overlap report's conclusions.", "",
+                  "| task | pretrained | fine-tuned | gain [95% CI] | learnt |", "|---|---:|---:|---:|---|"]
+        for gr in s["gains"]:
+            ci = gr.get("gain_ci95")
+            iv = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+            gain = "—" if gr["gain"] is None else f"{gr['gain']:+.3f}{iv}"
+            verdict = {True: "yes", False: f"no — {gr['reason']}", None: "unknown"}[gr["learnt"]]
+            lines.append(f"| {gr['task']} | {_f(gr['pretrained'])} | {_f(gr['finetuned'])} | {gain} | {verdict} |")
     rep = s.get("report")
     if rep:
         lines += ["", "## Overlap report", "", f"Report: `{rep.get('files', {}).get('html', rep.get('out'))}`"]

@@ -53,6 +53,18 @@ def test_study_smoke_and_resume(tiny, tmp_path, monkeypatch, study, extra):
         assert {r["method"] for r in summary["tasks"][0]["graft"]["results"]} == {"graft", "topk", "random", "bias-only"}
     elif summary["kind"] == "joint":
         assert summary["report"] and Path(summary["report"]["out"], "report.html").is_file()
+    if summary["kind"] != "sequential":  # each grafted task's gain with its interval, and learnt or not
+        from mtgraft.analysis.stats import learnt_status
+
+        md = (tmp_path / "out" / "summary.md").read_text()
+        assert "## Fine-tuning gains (was each task learnt?)" in md
+        grafts = summary.get("grafts") or [t["graft"] for t in summary["tasks"]]
+        assert [g["task"] for g in summary["gains"]] == [g["task"] for g in grafts]
+        for g, gr in zip(grafts, summary["gains"], strict=True):
+            ft = g["reference"]["finetuned"]
+            assert gr["gain"] == ft["gain"] and gr["gain_ci95"] == ft["gain_ci95"]
+            assert gr["learnt"] == learnt_status(ft["gain"], ft["gain_ci95"])[0]
+            assert f"| {g['task']} |" in md
     else:
         assert len(summary["accuracy_matrix"]) == 2 and summary["graft_cl"]
         md = (tmp_path / "out" / "summary.md").read_text()
