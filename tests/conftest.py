@@ -174,3 +174,11 @@ def _own_eval_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Each test gets its own evaluation cache (mtgraft/evaluation/cache.py): no test reads entries another
     test (or an earlier run of the suite) wrote; a test may still set ``MTGRAFT_EVAL_CACHE`` itself."""
     monkeypatch.setenv("MTGRAFT_EVAL_CACHE", str(tmp_path_factory.mktemp("eval-cache")))
+
+
+@pytest.fixture
+def isolated_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the test in its tmp_path with its own sqlite tracking store and artifact folder."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(tmp_path / "mlruns"))
+    monkeypatch.chdir(tmp_path)

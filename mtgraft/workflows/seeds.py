@@ -133,15 +133,22 @@ def train_seeds(cfg: Any, seeds: Sequence[int], show_progress: bool = True) -> A
     if len(seeds) == 1:
         return train(cfg.model_copy(update={"seed": seeds[0]}), show_progress)
     root = Path(cfg.out or default_out("train", get_task(cfg.task).name))
+    records = _train_each_seed(cfg, root, seeds, train, show_progress)
+    return _summary("train", root, records, task=get_task(cfg.task).name)
+
+
+def _train_each_seed(cfg: Any, root: Path, seeds: Sequence[int], fit: Any, show_progress: bool) -> dict[int, Any]:
+    """Run ``fit(cfg with seed s and out root/seed-<s>)`` per seed; with ``--resume``, a seed whose checkpoint
+    is complete is read back instead. {seed: training record}."""
     records = {}
     for s in seeds:
         if cfg.resume and (done := finished_training(seed_dir(root, s))) is not None:
             _skip_note(s, seed_dir(root, s), show_progress)
             records[s] = done
             continue
-        r = train(cfg.model_copy(update={"seed": s, "out": str(seed_dir(root, s))}), show_progress)
+        r = fit(cfg.model_copy(update={"seed": s, "out": str(seed_dir(root, s))}), show_progress)
         records[s] = train_record(r.to_json())
-    return _summary("train", root, records, task=get_task(cfg.task).name)
+    return records
 
 
 def train_multitask_seeds(cfg: Any, seeds: Sequence[int], show_progress: bool = True) -> Any:
@@ -152,15 +159,7 @@ def train_multitask_seeds(cfg: Any, seeds: Sequence[int], show_progress: bool = 
     if len(seeds) == 1:
         return train_multitask_with_grafts(cfg.model_copy(update={"seed": seeds[0]}), show_progress)
     root = Path(cfg.out or default_out("multitask", f"{cfg.mode}-{len(cfg.tasks)}tasks"))
-    records = {}
-    for s in seeds:
-        if cfg.resume and (done := finished_training(seed_dir(root, s))) is not None:
-            _skip_note(s, seed_dir(root, s), show_progress)
-            records[s] = done
-            continue
-        r = train_multitask_with_grafts(cfg.model_copy(update={"seed": s, "out": str(seed_dir(root, s))}),
-                                        show_progress)
-        records[s] = train_record(r.to_json())
+    records = _train_each_seed(cfg, root, seeds, train_multitask_with_grafts, show_progress)
     tasks = [t.name for t in read_checkpoint_meta(seed_dir(root, seeds[0])).tasks]
     return _summary("train-multitask", root, records, tasks=tasks, mode=cfg.mode)
 

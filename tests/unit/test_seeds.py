@@ -20,10 +20,8 @@ from mtgraft.testing import example_task_yaml, make_tiny_checkpoint, make_tiny_m
 
 
 @pytest.fixture(autouse=True)
-def _mlflow_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(tmp_path / "mlruns"))
-    monkeypatch.chdir(tmp_path)
+def _mlflow_tmp(isolated_mlflow):
+    """Every test here runs with its own tracking store (conftest ``isolated_mlflow``)."""
 
 
 @pytest.fixture(scope="module")
