@@ -380,7 +380,12 @@ class MaskRegistry:
         rm = self._registered_model(r.name)
         if alias.lower() != LATEST and alias not in (rm.aliases or {}):
             known = ", ".join(sorted([LATEST, *(rm.aliases or {})]))
-            raise MtgraftError(f"registered model '{r.name}' has no alias '{alias}' (aliases: {known})")
+            why = ""
+            if alias == BEST:  # say why no version earned it
+                flags = [f"v{v.version}: {v.tags[NOT_BEST_TAG]}" for v in self._versions(f"name = '{r.name}'")
+                         if NOT_BEST_TAG in (v.tags or {})]
+                why = f"; no version earned it ({'; '.join(flags)})" if flags else ""
+            raise MtgraftError(f"registered model '{r.name}' has no alias '{alias}' (aliases: {known}){why}")
         try:
             return self._call(self.client.get_model_version_by_alias, r.name, alias, what=f"reading {r}",
                               raw=("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"))

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 import mtgraft.cli.masks_cmds  # noqa: F401  (registers the 'masks' group)
 from mtgraft.cli.app import app
+from mtgraft.errors import MtgraftError
 from mtgraft.registry import NOT_BEST_TAG, MaskRegistry
 from mtgraft.workflows.graft import baseline_flag, register_outputs
 
@@ -30,8 +32,12 @@ def test_rel_interval_at_or_below_zero_never_takes_best(mlflow_local_uri, make_s
 
 def test_every_version_flagged_leaves_no_best(mlflow_local_uri, make_skillpatch):
     reg = MaskRegistry(mlflow_local_uri)
-    reg.register_patch(make_skillpatch("c.safetensors", rel=-0.3, rel_ci95=[-0.9, 0.2]))
+    m = reg.register_patch(make_skillpatch("c.safetensors", rel=-0.3, rel_ci95=[-0.9, 0.2]))
     assert all("best" not in r["aliases"] for r in reg.list_masks())
+    with pytest.raises(MtgraftError) as e:
+        reg.show("sst2@best")
+    assert str(e.value) == (f"registered model '{m.name}' has no alias 'best' (aliases: latest); no version "
+                            "earned it (v1: Rel interval [-0.90, 0.20] does not exceed 0)")
 
 
 def _graft_folder(tmp, make_skillpatch, graft_rel: float, topk_rel: float):
