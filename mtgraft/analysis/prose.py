@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mtgraft.analysis.formatting import fmt_p, fmt_pairs, fmt_range, fmt_x
+from mtgraft.analysis.formatting import finite_interval, fmt_p, fmt_pairs, fmt_range, fmt_x
 from mtgraft.analysis.stats import ALPHA, MIN_GAIN, VERDICTS, domain_comparison, learnt_pairs, split_by_domain
 
 CHANCE_BAND = 1.5
@@ -227,8 +227,12 @@ def rel_sentences(transfer: Mapping[str, Any]) -> list[str]:
     lines = []
     own = [r for r in transfer["results"] if r["own"] and r["rel"] is not None]
     if own:
-        lines.append("Each graft on its own task keeps Rel " + ", ".join(
-            f"{r['graft']} {r['rel']:.2f}" for r in own) + ".")
+        def with_ci(r: Mapping[str, Any]) -> str:
+            iv = finite_interval(r.get("rel_ci95"))
+            return f"{r['graft']} {r['rel']:.2f}" + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")
+
+        ci_note = " (95% paired-bootstrap intervals)" if any(finite_interval(r.get("rel_ci95")) for r in own) else ""
+        lines.append(f"Each graft on its own task keeps Rel{ci_note} " + ", ".join(with_ci(r) for r in own) + ".")
     cross_t = [r for r in transfer["results"] if not r["own"] and r["rel"] is not None]
     if cross_t:
         best = max(cross_t, key=lambda r: r["rel"])

@@ -218,3 +218,10 @@ def test_summarise_orders_sentences_and_counts_verdicts():
     assert out["beyond_chance"] == ["a–b"] and out["disjoint_or_chance"] == ["b–c", "a–c"]
     assert out["domains"]["same_domain"]["pairs"] == ["a–b"] and "mannwhitney_p_greater" not in out["domains"]
     assert out["multi_task_communities"] == [["a", "b"]] and out["P"] == 10_000 and out["n_tasks"] == 3
+
+
+def test_own_task_rel_quotes_its_interval_when_recorded():
+    tr = _transfer(0.1)
+    tr["results"][0]["rel_ci95"] = [0.7, 1.1]
+    assert prose.rel_sentences(tr)[0] == ("Each graft on its own task keeps Rel (95% paired-bootstrap intervals) "
+                                          "a 0.90 [0.70, 1.10], b 0.80.")
