@@ -172,7 +172,7 @@ def child_env(threads: int, tracking_uri: str) -> dict[str, str]:
 def finetune(args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[str, Any]:
     """Measure ``mtgraft train`` in a child; returns its measurements and the checkpoint folder."""
     ck = work / "finetuned"
-    cmd = [sys.executable, "-m", "mtgraft", "train", "--task", args.task, "--k", str(args.k), *TRAIN_ARGS,
+    cmd = [sys.executable, "-m", "mtgraft.cli", "train", "--task", args.task, "--k", str(args.k), *TRAIN_ARGS,
            "--max-test", str(args.max_test), "--seed", str(args.seed), "--out", str(ck), "--json"]
     r = run_measured(cmd, env, ROOT)
     if r["rc"] != 0:
@@ -188,7 +188,7 @@ def graft_variant(args: argparse.Namespace, name: str, variant: dict[str, Any], 
                   work: Path, env: dict[str, str]) -> dict[str, Any]:
     """Measure one ``mtgraft graft --method graft`` (or the variant's method) child at one sparsity."""
     out = work / f"graft-{name}-s{sparsity:g}"
-    cmd = [sys.executable, "-m", "mtgraft", "graft", "--task", args.task, "--finetuned", ck, "--sparsity",
+    cmd = [sys.executable, "-m", "mtgraft.cli", "graft", "--task", args.task, "--finetuned", ck, "--sparsity",
            f"{sparsity:g}", "--method", variant.get("method", "graft"), "--recipe", variant["recipe"], *cli_options(variant["options"]),
            "--seed", str(args.seed), "--no-register", "--json", "--out", str(out)]
     r = run_measured(cmd, env, ROOT)

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, list[str], bool]] = [
     ("methods", ["mtgraft.training", "mtgraft.grafting", "mtgraft.registry"], False),
     ("analysis", ["mtgraft.analysis"], True),
     ("workflows", ["mtgraft.workflows"], True),
-    ("interface", ["mtgraft.cli", "mtgraft.__main__", "mtgraft.testing"], True),
+    ("interface", ["mtgraft.cli", "mtgraft.testing"], True),
 ]
 
 

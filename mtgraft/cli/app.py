@@ -51,7 +51,7 @@ def _register() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    import mtgraft.cli.app as mod  # the same module object even when run as ``python -m mtgraft``
+    import mtgraft.cli.app as mod  # the same module object even when run as ``python -m mtgraft.cli``
 
     mod._register()
     mod.app()

@@ -71,10 +71,10 @@ def test_two_cpu_processes_match_one(tmp_path, mlflow_db_template):
     args = ["train-multitask", "--tasks", f"{example_task_yaml()},{tmp_path / 'topic.yaml'}", "--mode", "joint",
             "--model", model, "--k", "2", "--max-test", "all", "--max-length", "32", "--batch-size", "3",
             "--max-steps", "5", "--eval-every", "5", "--lr", "0.2", "--device", "cpu", "--json"]
-    one = _run([sys.executable, "-m", "mtgraft", *args, "--out", str(tmp_path / "one")], env)
+    one = _run([sys.executable, "-m", "mtgraft.cli", *args, "--out", str(tmp_path / "one")], env)
     two = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(_free_port()), "-m", "mtgraft", *args, "--out", str(tmp_path / "two")], env)
+                "--main_process_port", str(_free_port()), "-m", "mtgraft.cli", *args, "--out", str(tmp_path / "two")], env)
     assert one["processes"] == 1 and two["processes"] == 2
     m1, _ = load_checkpoint(one["checkpoint"])
     m2, _ = load_checkpoint(two["checkpoint"])

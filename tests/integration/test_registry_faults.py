@@ -22,7 +22,7 @@ from mtgraft.utils import sha256_file
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "mtgraft"]
+CLI = [sys.executable, "-m", "mtgraft.cli"]
 
 
 @pytest.fixture(scope="module")

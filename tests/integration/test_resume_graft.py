@@ -31,7 +31,7 @@ def ck(tmp_path_factory):
 
 
 def _graft_cmd(ck: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mtgraft", "graft", "--task", example_task_yaml(), "--finetuned", ck,
+    return [sys.executable, "-m", "mtgraft.cli", "graft", "--task", example_task_yaml(), "--finetuned", ck,
             "--sparsity", "0.01", "--method", "graft,random", "--recipe", "paper", "--updates", "30",
             "--no-register", "--out", str(out), "--json", *extra]
 

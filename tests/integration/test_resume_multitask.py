@@ -38,7 +38,7 @@ def _args(s: dict, mode: str, out: Path) -> dict:
 
 def _cmd(s: dict, mode: str, out: Path, *extra: str) -> list[str]:
     a = _args(s, mode, out)
-    return [sys.executable, "-m", "mtgraft", "train-multitask", "--tasks", ",".join(a["tasks"]), "--mode", mode,
+    return [sys.executable, "-m", "mtgraft.cli", "train-multitask", "--tasks", ",".join(a["tasks"]), "--mode", mode,
             "--model", a["model"], "--k", "2", "--max-test", "all", "--max-length", "32", "--batch-size", "2",
             "--max-steps", str(STEPS), "--eval-every", "5", "--lr", "0.05", "--out", str(out), "--json", *extra]
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cmd(model: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mtgraft", "train", "--task", example_task_yaml(), "--model", model, "--k", "2",
+    return [sys.executable, "-m", "mtgraft.cli", "train", "--task", example_task_yaml(), "--model", model, "--k", "2",
             "--max-steps", "120", "--eval-every", "10", "--batch-size", "2", "--lr", "0.05", "--max-length", "32",
             "--out", str(out), "--json", *extra]
 

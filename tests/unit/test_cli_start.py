@@ -46,8 +46,12 @@ def test_the_probe_sees_heavy_imports() -> None:
     assert p.stdout.strip() == "True"
 
 
-def test_python_dash_m_mtgraft() -> None:
-    p = subprocess.run([sys.executable, "-m", "mtgraft", "--help"], capture_output=True, text=True, timeout=120)
+def test_the_library_has_no_entry_point_only_the_cli() -> None:
+    """``python -m mtgraft.cli`` runs the app; the library package has no ``__main__`` importing its CLI."""
+    import importlib.util
+
+    assert importlib.util.find_spec("mtgraft.__main__") is None
+    p = subprocess.run([sys.executable, "-m", "mtgraft.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     for cmd in ("train", "train-multitask", "graft", "overlap-report", "masks", "run"):
         assert cmd in p.stdout
