@@ -29,6 +29,7 @@ from mtgraft.analysis.overlap import Segments, overlap_matrices, region_profile
 from mtgraft.analysis.report_data import ReportData
 from mtgraft.analysis.stats import (
     breakdown,
+    finetuning_gain,
     learnt_pairs,
     learnt_status,
     pair_records,
@@ -71,12 +72,7 @@ def _node(p: Any, src: str) -> dict[str, Any]:
     gain and whether the task counts as learnt)."""
     h = p.header
     test = (h.metrics or {}).get("test", {})
-    ft = ((h.metrics or {}).get("reference") or {}).get("finetuned") or {}
-    pre = ((h.metrics or {}).get("reference") or {}).get("pretrained") or {}
-    gain = finite_or_none(ft.get("gain"))
-    if gain is None and ft.get("accuracy") is not None and pre.get("accuracy") is not None:
-        gain = finite_or_none(ft["accuracy"] - pre["accuracy"])
-    gain_ci = finite_interval(ft.get("gain_ci95"))
+    gain, gain_ci = finetuning_gain((h.metrics or {}).get("reference"))
     learnt, why = learnt_status(gain, gain_ci)
     return {"gain": gain, "gain_ci95": gain_ci, "learnt": learnt, "learnt_reason": why,
             "tasks": h.tasks, "source": src, "method": h.method, "region_size": h.region_size,

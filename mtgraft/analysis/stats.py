@@ -40,6 +40,20 @@ def learnt_pairs(pairs: Sequence[dict[str, Any]], nodes: Mapping[str, Mapping[st
             and nodes.get(r["b"], {}).get("learnt") is not False]
 
 
+def finetuning_gain(reference: Mapping[str, Any] | None) -> tuple[float | None, list[float] | None]:
+    """(gain, its 95% interval) of fine-tuning over P_0 from a graft's ``reference`` record: the recorded
+    ``finetuned.gain``/``gain_ci95``, else the plain accuracy difference (older results: no interval)."""
+    from mtgraft.analysis.formatting import finite_interval
+    from mtgraft.utils import finite_or_none
+
+    ft = (reference or {}).get("finetuned") or {}
+    pre = (reference or {}).get("pretrained") or {}
+    gain = finite_or_none(ft.get("gain"))
+    if gain is None and ft.get("accuracy") is not None and pre.get("accuracy") is not None:
+        gain = finite_or_none(ft["accuracy"] - pre["accuracy"])
+    return gain, finite_interval(ft.get("gain_ci95"))
+
+
 def learnt_status(gain: float | None, gain_ci95: list[float] | None) -> tuple[bool | None, str]:
     """(learnt?, why) from a task's fine-tuning gain and its interval; (None, …) when the patch recorded
     neither (made before the gain was recorded): such a task is kept in the conclusions."""

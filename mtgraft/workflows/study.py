@@ -307,17 +307,15 @@ class Study:
 def task_gains(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Each grafted task's fine-tuning gain over P_0 with its paired-bootstrap interval, and whether it counts
     as learnt (``analysis.stats.learnt_status``: interval above 0 and gain ≥ ``MIN_GAIN``)."""
-    from mtgraft.analysis.stats import learnt_status
+    from mtgraft.analysis.stats import finetuning_gain, learnt_status
 
     grafts = summary.get("grafts") or [row["graft"] for row in summary.get("tasks") or [] if row.get("graft")]
     out = []
     for g in grafts:
         ft = (g.get("reference") or {}).get("finetuned") or {}
         pre = (g.get("reference") or {}).get("pretrained") or {}
-        gain = ft.get("gain")
-        if gain is None and ft.get("accuracy") is not None and pre.get("accuracy") is not None:
-            gain = ft["accuracy"] - pre["accuracy"]
-        learnt, why = learnt_status(gain, ft.get("gain_ci95"))
+        gain, gain_ci = finetuning_gain(g.get("reference"))
+        learnt, why = learnt_status(gain, gain_ci)
         out.append({"task": g["task"], "pretrained": pre.get("accuracy"), "finetuned": ft.get("accuracy"),
                     "gain": gain, "gain_ci95": ft.get("gain_ci95"), "gain_p": ft.get("gain_p"),
                     "learnt": learnt, "reason": why})
