@@ -88,7 +88,9 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
                on_eval: Callable[[EvalPoint], None] | None = None,
                keep_best: bool = True, checkpoint_hook: Callable[[int], None] | None = None,
                start_step: int = 0, state: dict[str, Any] | None = None,
-               dist: DistContext | None = None, resumer: Any = None, resume: bool = False) -> LoopResult:
+               dist: DistContext | None = None, resumer: Any = None, resume: bool = False,
+               extra_loss: Callable[[dict[str, Any], torch.Tensor], torch.Tensor | None] | None = None,
+               after_step: Callable[[int], None] | None = None) -> LoopResult:
     """Optimise cross-entropy for ``max_steps``; evaluate ``dev_eval`` every ``eval_every`` steps.
 
     Keeps (in memory) the trainable tensors of the best dev score and loads them at the end.
@@ -97,6 +99,11 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
     part of the resume state) on every process alike; with several processes each takes its share
     (``split_between_processes``) and DDP averages the gradients, so N processes follow the same trajectory
     as one (up to float rounding, dropout aside).
+
+    Continual-learning strategies (``mtgraft.training.strategies``) hook in with ``extra_loss(batch, logits)``
+    (a term added to the batch loss before the backward pass: a penalty, a replay or a distillation loss) and
+    ``after_step(step)`` (called after each optimiser step, e.g. to restore frozen entries). Without them the
+    loop is what it always was.
     """
     if dist is None or dist.accelerator is None:
         dist = dist_context(device.type, precision)
@@ -141,6 +148,10 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
         batch = collate(enc, idx, pad, device)
         logits = net(**model_inputs(batch))  # the prepared model autocasts (bf16/fp16) and returns fp32
         loss = dist.loss(logits, batch["labels"], n_global)
+        if extra_loss is not None:
+            extra = extra_loss(batch, logits)
+            if extra is not None:
+                loss = loss + extra
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)  # fp16: scaled by the gradient scaler
         if pre is not None:
@@ -152,6 +163,8 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
         if grad_clip > 0:
             acc.clip_grad_norm_(params, grad_clip)  # unscales first (fp16)
         opt.step()  # fp16: skipped when the scaled gradients overflowed; the scale then shrinks
+        if after_step is not None:
+            after_step(step)
         train_time += time.perf_counter() - t0
         seen += n_global
         last_loss = loss.item()
