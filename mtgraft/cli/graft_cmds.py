@@ -90,7 +90,8 @@ def graft_cmd(
     candidates: float | None = typer.Option(None, "--candidates", help="Mask parameters only for the top c*k entries by the base score (see --init; thorough 100, fast 10, paper: all).", rich_help_panel=LEARN),
     patience: int | None = typer.Option(None, "--patience", help="Stop after this many updates without a better train+dev score.", rich_help_panel=LEARN),
     step_rule: str | None = typer.Option(None, "--step-rule", help="gd (reference) | normalized.", rich_help_panel=LEARN),
-    init: str | None = typer.Option(None, "--init", help="What picks the base patch and candidates: movement (|delta|, the paper) | saliency (the task's integrated-gradients attribution) | auto (thorough, fast: saliency for multi-task checkpoints, else movement).", rich_help_panel=LEARN),
+    init: str | None = typer.Option(None, "--init", help="What picks the base patch and candidates: movement (|delta|, the paper) | saliency (the task's integrated-gradients attribution) | fisher (delta² · diagonal empirical Fisher at theta_ft) | grad-movement (|delta · grad L(theta_ft)|) | auto (thorough, fast: saliency for multi-task checkpoints, else movement).", rich_help_panel=LEARN),
+    method_options: list[str] | None = typer.Option(None, "--method-option", help="A method's own setting, METHOD.KEY=VALUE (repeatable), e.g. graft-ste.lr=0.2 or graft-rescaled.alphas=[1,2,4]; defaults in 'mtgraft methods'.", rich_help_panel=LEARN),
     seed: int = typer.Option(13, "--seed", help="Seed of the mask init and the random baseline."),
     eval_tasks: str | None = typer.Option(None, "--eval-tasks", help="Comma list of tasks with the same labels for OOD evaluation.", rich_help_panel=RECORDED),
     save_baselines: bool = typer.Option(False, "--save-baselines", help="Also write (and register) SkillPatches of the baselines.", rich_help_panel=OUT),
@@ -203,13 +204,15 @@ def methods_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
 
     if json_out:
         print_json({"methods": [{"name": m.name, "description": m.description, "reference": m.reference,
-                                 "learned": m.learned} for m in METHODS.values()], "recipes": RECIPES})
+                                 "learned": m.learned, "uses": list(m.uses), "defaults": m.defaults}
+                                for m in METHODS.values()], "recipes": RECIPES})
         return
     t = Table(title="localisation methods")
-    for c in ("name", "learned", "description", "reference"):
+    for c in ("name", "learned", "description", "reference", "own settings (--method-option)"):
         t.add_column(c)
     for m in METHODS.values():
-        t.add_row(m.name, "yes" if m.learned else "no", m.description, m.reference)
+        t.add_row(m.name, "yes" if m.learned else "no", m.description, m.reference,
+                  ", ".join(f"{k}={v}" for k, v in m.defaults.items()) or "—")
     table_out.print(t)
     for name, r in RECIPES.items():
         console.print(f"recipe [bold]{name}[/]: " + ", ".join(f"{k}={v}" for k, v in r.items()))

@@ -54,6 +54,8 @@ def info_cmd(
         ("type", h.model_type),
         ("base model", f"{h.base_model} ({short_hash(h.base_hash)})"),
         ("method", h.method + (f" {h.method_settings}" if h.method_settings else "")),
+        *([("rescaled", f"alpha = {h.scale:g}: applying writes base + alpha·(value − base), not the fine-tuned "
+                        "values")] if h.scale is not None else []),
         ("sparsity (graftable body)", f"{h.sparsity:.6g} ({h.sparsity * 100:.4g}%)"
          + (f", requested {h.sparsity_requested:g}" if h.sparsity_requested is not None else "")),
         ("region size", f"{h.region_size:,} of {h.graftable_size:,} graftable entries "

@@ -48,7 +48,9 @@ class GraftConfig(BaseConfig):
     candidates: float | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     step_rule: Literal["gd", "normalized"] | None = None
-    init: Literal["auto", "movement", "saliency"] | None = None
+    init: Literal["auto", "movement", "saliency", "fisher", "grad-movement"] | None = None
+    #: per method, its own settings over the defaults in ``catalog.METHODS`` (e.g. {"graft-ste": {"lr": 0.2}})
+    method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = 13
     k: KShot = None
     data_seed: int | None = None
@@ -71,6 +73,38 @@ class GraftConfig(BaseConfig):
             if m not in METHODS:
                 raise ValueError(f"unknown method '{m}' (available: {', '.join(METHODS)})")
         return v
+
+    @field_validator("method_options", mode="before")
+    @classmethod
+    def _method_option_strings(cls, v: Any) -> Any:
+        """``--method-option METHOD.KEY=VALUE`` (repeatable; VALUE read as YAML) into the nested mapping."""
+        if not isinstance(v, (list, tuple)):
+            return v
+        import yaml
+
+        out: dict[str, dict[str, Any]] = {}
+        for item in v:
+            name, eq, value = str(item).partition("=")
+            method, dot, key = name.strip().rpartition(".")
+            if not eq or not dot or not method or not key:
+                raise ValueError(f"'{item}' is not METHOD.KEY=VALUE (e.g. graft-ste.lr=0.2)")
+            out.setdefault(method, {})[key] = yaml.safe_load(value)
+        return out
+
+    @field_validator("method_options")
+    @classmethod
+    def _method_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for m, opts in v.items():
+            if m not in METHODS:
+                raise ValueError(f"options for unknown method '{m}' (available: {', '.join(METHODS)})")
+            METHODS[m].settings({}, opts)  # unknown keys are an error
+        return v
+
+    def method_settings(self, name: str, shared: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What method ``name`` runs with: the shared settings it reads (``shared``, default the recipe's
+        with explicit options on top), its own defaults, then ``method_options[name]``."""
+        return METHODS[name].settings(self.learn_settings() if shared is None else shared,
+                                      self.method_options.get(name))
 
     def learn_settings(self) -> dict[str, Any]:
         """The recipe's settings with explicit options on top."""

@@ -159,7 +159,8 @@ def _graft_task(cfg: GraftConfig, task_name: str, meta: CheckpointMeta, show_pro
     spec, out = inputs.spec, inputs.out
     resume = Resume(ResumeState(out), cfg.resume, {  # a killed run continues with --resume
         "task": spec.name, "finetuned": str(Path(cfg.finetuned).resolve()), "seed": cfg.seed,
-        "settings": inputs.settings, "data": inputs.data, "sparsity": cfg.sparsity, "method": cfg.method})
+        "settings": inputs.settings, "data": inputs.data, "sparsity": cfg.sparsity, "method": cfg.method,
+        **({"method_options": cfg.method_options} if cfg.method_options else {})})
     handed: list[BaseException] = []  # a failure after the outputs were in place
     try:
         with mlflow_run("graft", f"graft-{spec.name}", cfg.tracking_uri, enabled=cfg.track,
@@ -186,7 +187,8 @@ def _graft_in_run(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
     spec, out = inputs.spec, inputs.out
     t0 = time.perf_counter()
     conf = cfg.model_dump()
-    conf.update({"task": spec.name, "learn_settings": inputs.settings, "data": inputs.data})
+    conf.update({"task": spec.name, "learn_settings": inputs.settings, "data": inputs.data,
+                 "method_settings": {m: cfg.method_settings(m, inputs.settings) for m in cfg.method}})
     run.log_params(conf)
     run.log_config(conf)
     run.log_metrics(ref.to_json(), prefix="test/")
@@ -437,15 +439,17 @@ def graft_regions(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
     for s in cfg.sparsity:
         for mname in cfg.method:
             method = get_method(mname)
+            settings = cfg.method_settings(mname, inputs.settings)
             t0 = time.perf_counter()
-            sel = select(inputs, mname, method, s, cfg.seed, resume, run, show_progress)
+            sel = select(inputs, mname, method, s, cfg.seed, resume, run, show_progress, settings)
             seconds = time.perf_counter() - t0
-            region = evaluate_region(inputs, ref, sel.indices, (mname, s))
+            region = evaluate_region(inputs, ref, sel.indices, (mname, s), sel.scale)
             entry = _entry(inputs, mname, method, s, sel, region.metrics, seconds)
             if method.learned:
-                regions.curves[f"graft s={s:g}"] = (region.probs, labels)
+                regions.curves[f"{mname} s={s:g}"] = (region.probs, labels)
             if method.learned or cfg.save_baselines:
-                path = write_patch(cfg, meta, inputs, ref, mname, method, s, sel.indices, region.metrics, folder)
+                path = write_patch(cfg, meta, inputs, ref, mname, method, s, sel.indices, region.metrics, folder,
+                                   settings, sel.scale)
                 entry["patch"] = str(inputs.out / path.name)
                 entry["patch_bytes"] = path.stat().st_size
                 regions.written.append(entry)
@@ -463,35 +467,39 @@ def graft_regions(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, r
 
 
 def select(inputs: GraftInputs, mname: str, method: Method, sparsity: float, seed: int, resume: Resume, run: Run,
-           show_progress: bool) -> Selection:
-    """One method's region at one sparsity; with --resume a saved selection (or learning state) is reused."""
-    total = inputs.settings["updates"] if method.learned else 1
+           show_progress: bool, settings: dict[str, Any] | None = None) -> Selection:
+    """One method's region at one sparsity, with the method's ``settings`` (default: the run's shared ones);
+    with --resume a saved selection (or learning state) is reused."""
+    settings = inputs.settings if settings is None else settings
+    total = int(settings.get("updates", 1)) if method.learned else 1
     key = f"{safe_name(mname)}-s{sparsity:g}"
     with progress_bar(total, f"graft {inputs.spec.name} · {mname} s={sparsity:g}", show_progress) as upd:
         def progress(step: int, _total: int, h: dict[str, Any]) -> None:
             upd(step, f"train {h.get('train', float('nan')):.3f} dev {h.get('dev', float('nan')):.3f} "
                       f"size {h['size']:,}")
-            run.log_metrics({f"graft_s{sparsity:g}/{CURVE_NAMES.get(k_, k_)}": v for k_, v in h.items() if k_ != "update"},
-                            step=step)
+            prefix = "graft" if mname == "graft" else mname  # the paper graft's curves keep their MLflow names
+            run.log_metrics({f"{prefix}_s{sparsity:g}/{CURVE_NAMES.get(k_, k_)}": v for k_, v in h.items()
+                             if k_ != "update"}, step=step)
 
         done = resume.load(f"selection-{key}")
         if done is not None:
-            sel = Selection(done["indices"], done["info"])
+            sel = Selection(done["indices"], done["info"], float(done.get("scale", 1.0)))
         else:
-            ctx = SelectContext(inputs.space, inputs.budgets[sparsity], inputs.train, inputs.dev, inputs.settings, seed,
+            ctx = SelectContext(inputs.space, inputs.budgets[sparsity], inputs.train, inputs.dev, settings, seed,
                                 progress=progress if method.learned else None, state=resume.load(f"learn-{key}"),
                                 checkpoint=(lambda st: resume.save(f"learn-{key}", st)) if method.learned else None)
             sel = method.select(ctx)
-            resume.save(f"selection-{key}", {"indices": sel.indices, "info": sel.info})
+            resume.save(f"selection-{key}", {"indices": sel.indices, "info": sel.info, "scale": sel.scale})
         upd(total)
     return sel
 
 
 def evaluate_region(inputs: GraftInputs, ref: Reference, idx: torch.Tensor,
-                    key: tuple[str, float] | None = None) -> Measured:
-    """The pretrained model with the fine-tuned values at ``idx`` grafted in, measured (Rel included, with
-    intervals; ``key`` = (method, sparsity) keeps its resamples for the paired comparisons)."""
-    region = measure(inputs, inputs.space.theta_from_indices(idx), ref.finetuned.preds)
+                    key: tuple[str, float] | None = None, scale: float = 1.0) -> Measured:
+    """The pretrained model with the fine-tuned values at ``idx`` grafted in (``scale`` alpha: theta_pre +
+    alpha·delta there), measured (Rel included, with intervals; ``key`` = (method, sparsity) keeps its resamples
+    for the paired comparisons)."""
+    region = measure(inputs, inputs.space.theta_from_indices(idx, scale), ref.finetuned.preds)
     ref.add_rel(region.metrics)
     if ref.boot is not None:
         ref.boot.annotate(region.metrics, region.preds, key)
@@ -509,19 +517,27 @@ def _entry(inputs: GraftInputs, mname: str, method: Method, sparsity: float, sel
     if method.learned:
         for key in ("updates_run", "best_update", "candidates"):
             entry[key] = sel.info.get(key)
+    if sel.scale != 1.0:
+        entry["scale"] = sel.scale
     return entry
 
 
 def write_patch(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref: Reference, mname: str,
-                method: Method, sparsity: float, idx: torch.Tensor, metrics: dict[str, Any], folder: Path) -> Path:
-    """Save the region's SkillPatch (fine-tuned values at ``idx`` + the task head) in ``folder``."""
+                method: Method, sparsity: float, idx: torch.Tensor, metrics: dict[str, Any], folder: Path,
+                settings: dict[str, Any] | None = None, scale: float = 1.0) -> Path:
+    """Save the region's SkillPatch (fine-tuned values at ``idx`` + the task head) in ``folder``; a rescaled
+    region (``scale`` alpha ≠ 1) records alpha in the header, and applying the patch writes theta_pre +
+    alpha·(value − theta_pre)."""
+    if settings is None:
+        settings = inputs.settings if method.learned else {}
     space, spec = inputs.space, inputs.spec
     header = {
         "base_model": inputs.pre_name, "base_hash": space.base_hash, "context_hash": space.context_hash,
         "graftable": space.graftable_list(),
         "task": spec.name, "tasks_info": {spec.name: inputs.info.model_dump(exclude={"spec_file"})},
         "model_type": meta.model_type, "method": mname,
-        "method_settings": inputs.settings if method.learned else {}, "sparsity_requested": sparsity,
+        "method_settings": settings, "sparsity_requested": sparsity,
+        **({"scale": scale} if scale != 1.0 else {}),
         "seed": cfg.seed, "data": inputs.data,
         "metrics": {"test": metrics, "reference": ref.to_json()},
         # no host path or time in the file (docs/skillpatch-format.md, "Reproducibility"): the checkpoint's

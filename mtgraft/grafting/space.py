@@ -73,11 +73,11 @@ class GraftSpace:
         """Views of a flat theta as the model's graftable tensors."""
         return {n: t.view(s) for n, t, s in zip(self.names, torch.split(theta, self.sizes), self.shapes, strict=True)}
 
-    def theta_from_indices(self, idx: torch.Tensor) -> torch.Tensor:
-        """theta_pre + delta on ``idx`` (a binary graft)."""
+    def theta_from_indices(self, idx: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """theta_pre + delta on ``idx`` (a binary graft); with ``scale`` alpha, theta_pre + alpha·delta there."""
         theta = self.pre.clone()
         idx = idx.to(self.device)
-        theta[idx] += self.delta[idx]
+        theta[idx] += self.delta[idx] if scale == 1.0 else scale * self.delta[idx]
         return theta
 
     def forward(self, theta: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:

@@ -148,6 +148,9 @@ def stitch(patches: Sequence[SkillPatch], overlap: Overlap = "average", *,
     - ``first``: the value of the first patch (in list order) that sets it;
     - ``error``: refuse (MtgraftError) if any entry is set by more than one patch.
 
+    Rescaled patches (header ``scale`` alpha) keep their alpha: under one alpha for all patches every rule
+    above holds for the applied values base + alpha·delta; patches of different alphas are refused.
+
     Heads of different names are all kept. Identical same-name heads are kept once; differing
     same-name heads are averaged (``average``, ``sum``: a head has no base to take a delta from),
     taken from the first patch (``first``) or refused (``error``).
@@ -162,6 +165,11 @@ def stitch(patches: Sequence[SkillPatch], overlap: Overlap = "average", *,
     if len(types) > 1:
         raise MtgraftError(f"cannot stitch patches of different model types ({', '.join(sorted(types))})")
     ref = patches[0].header
+    scales = {p.header.scale for p in patches}
+    if len(scales) > 1:  # a mean or sum of the stored values is only right under one alpha for all of them
+        raise MtgraftError("cannot stitch patches rescaled by different alphas (scale "
+                           + ", ".join("1" if a is None else f"{a:g}" for a in sorted(scales, key=lambda a: a or 1.0))
+                           + "); stitch patches of one scale")
 
     # ---- body
     vdtype = _torch_dtype(ref.values_dtype)

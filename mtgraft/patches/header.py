@@ -12,6 +12,11 @@ from mtgraft.errors import MtgraftError
 
 FORMAT = "mtgraft.skillpatch"
 FORMAT_VERSION = 1
+#: The version of a file whose region is rescaled (``scale`` alpha ≠ 1): a version-1 reader would apply its
+#: values unscaled, so it must refuse the file (docs/skillpatch-format.md, "Versioning").
+SCALED_FORMAT_VERSION = 2
+#: The versions this mtgraft reads.
+READ_VERSIONS = (FORMAT_VERSION, SCALED_FORMAT_VERSION)
 #: Key of the JSON header in the safetensors metadata.
 HEADER_KEY = "mtgraft_header"
 
@@ -58,6 +63,9 @@ class PatchHeader(BaseModel):
     model_type: Literal["head", "prompt", "causal"]
     method: str
     method_settings: dict[str, Any] = Field(default_factory=dict)
+    scale: float | None = Field(
+        None, description="alpha of a rescaled region: applying writes theta_pre + alpha·(val − theta_pre) on the "
+                          "region; None (absent, every patch before issue 15) = 1, the fine-tuned values")
     sparsity_requested: float | None = None
     region_size: int = Field(0, ge=0, description="grafted entries in the graftable body")
     sparsity: float = Field(0.0, ge=0.0, le=1.0,
@@ -86,6 +94,13 @@ class PatchHeader(BaseModel):
         if v is not None and (":" not in v or not v.split(":", 1)[1]):
             raise ValueError("must look like 'sha256:<hex>'")
         return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"scale must be a finite number, got {v}")
+        return None if v == 1.0 else v
 
     @field_validator("graftable")
     @classmethod
@@ -116,6 +131,8 @@ class PatchHeader(BaseModel):
             raise ValueError(f"graftable_size {self.graftable_size} != sum of graftable shapes {total}")
         if self.region_size > total:
             raise ValueError(f"region_size {self.region_size} exceeds graftable_size {total}")
+        if self.scale is not None and self.format_version != SCALED_FORMAT_VERSION:
+            self.__dict__["format_version"] = SCALED_FORMAT_VERSION  # a version-1 reader must refuse it
         return self
 
     @property

@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from mtgraft.errors import MtgraftError
-from mtgraft.patches.header import FORMAT, FORMAT_VERSION, HEADER_KEY, PatchHeader, make_header, short_hash
+from mtgraft.patches.header import FORMAT, HEADER_KEY, READ_VERSIONS, PatchHeader, make_header, short_hash
 from mtgraft.utils import atomic_file, content_hash
 
 IDX, VAL, HEAD = "idx/", "val/", "head/"
@@ -179,6 +179,7 @@ class SkillPatch:
     def __repr__(self) -> str:
         h = self.header
         return (f"SkillPatch(task={h.task!r}, method={h.method!r}, region_size={h.region_size}, "
+                + (f"scale={h.scale:g}, " if h.scale is not None else "") +
                 f"sparsity={h.sparsity:.3g}, head_params={h.head_params}, base={short_hash(h.base_hash)})")
 
     # ------------------------------------------------------------------ apply
@@ -205,16 +206,20 @@ class SkillPatch:
                     f"patch was made for base model {self.header.base_model} (hash "
                     f"{short_hash(self.header.base_hash)}); this model's hash is {short_hash(base_hash)} "
                     "— apply it to the model it was learned on")
+        alpha = self.header.scale
         with torch.no_grad():
             for name, idx in self.indices.items():
                 t = state[name]
-                val = self.values[name].to(t.device, t.dtype)
                 ii = idx.to(t.device, torch.long)
-                if t.is_contiguous():
-                    t.view(-1)[ii] = val
-                else:
-                    flat = t.reshape(-1).clone()
-                    flat[ii] = val
+                flat = t.view(-1) if t.is_contiguous() else t.reshape(-1).clone()
+                if alpha is None:
+                    val = self.values[name].to(t.device, t.dtype)
+                else:  # a rescaled region: theta_pre + alpha·(val − theta_pre), computed in float32 or wider
+                    wide = torch.promote_types(t.dtype, torch.float32)
+                    pre = flat[ii].to(wide)
+                    val = (pre + alpha * (self.values[name].to(t.device, wide) - pre)).to(t.dtype)
+                flat[ii] = val
+                if not t.is_contiguous():
                     t.copy_(flat.view(t.shape))
             for name, h in self.head.items():
                 state[name].copy_(h)
@@ -307,11 +312,13 @@ class SkillPatch:
             raise MtgraftError(f"'{path}' is not a SkillPatch (header format is "
                                f"{raw.get('format') if isinstance(raw, dict) else None!r}, expected '{FORMAT}')")
         ver = raw.get("format_version")
-        if ver != FORMAT_VERSION:
-            newer = isinstance(ver, int) and ver > FORMAT_VERSION
+        if ver not in READ_VERSIONS:
+            newer = isinstance(ver, int) and ver > max(READ_VERSIONS)
             raise MtgraftError(
-                f"'{path}' has SkillPatch format_version {ver!r}; this mtgraft reads version {FORMAT_VERSION}"
-                + (" (upgrade mtgraft to read it)" if newer else ""))
+                f"'{path}' has SkillPatch format_version {ver!r}; this mtgraft reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}" + (" (upgrade mtgraft to read it)" if newer else ""))
+        if ver != READ_VERSIONS[0] and raw.get("scale") in (None, 1.0):
+            raise MtgraftError(f"'{path}' has SkillPatch format_version {ver} but no rescaling alpha ('scale')")
         try:
             hdr = make_header(raw)
         except MtgraftError as e:

@@ -274,7 +274,7 @@ def test_load_non_patch_and_bad_headers(tmp_path, pair):
     hdr = p.header.to_json_dict() | {"payload_hash": None}
     tensors = p.tensors()
     _write_raw(tmp_path / "v9.safetensors", tensors, hdr | {"format_version": 9})
-    with pytest.raises(MtgraftError, match="format_version 9; this mtgraft reads version 1 .upgrade"):
+    with pytest.raises(MtgraftError, match="format_version 9; this mtgraft reads versions 1, 2 .upgrade"):
         SkillPatch.load(tmp_path / "v9.safetensors")
     _write_raw(tmp_path / "fmt.safetensors", tensors, hdr | {"format": "other"})
     with pytest.raises(MtgraftError, match="not a SkillPatch"):
