@@ -1,4 +1,5 @@
-"""``mtgraft train-multitask`` (joint or sequential fine-tuning) and ``mtgraft continual-graft``."""
+"""``mtgraft train-multitask`` (joint or sequential fine-tuning), ``mtgraft continual-graft`` and
+``mtgraft strategies`` (the continual-learning strategies of sequential runs)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ import typer
 from rich.table import Table
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import command, fmt, metrics_table, run_config, seeds_of, seeds_table
+from mtgraft.cli.common import (
+    command,
+    fmt,
+    handle_errors,
+    metrics_table,
+    print_json,
+    run_config,
+    seeds_of,
+    seeds_table,
+    table_out,
+)
 from mtgraft.cli.options import OUT, output_options, resume_option, seeds_option, training_options
 from mtgraft.progress import console
 
 MT = "Multi-task"
 GRAFT = "Graft-based continual learning (sequential)"
+CL = "Continual strategy (sequential)"
 
 
 @command(app, "train-multitask", training_options, seeds_option, resume_option, output_options)
@@ -28,6 +40,12 @@ def train_multitask_cmd(
     graft_method: str = typer.Option("graft", "--graft-method", help="Localisation method of the per-stage grafts.", rich_help_panel=GRAFT),
     graft_recipe: str = typer.Option("thorough", "--graft-recipe", help="thorough | fast | paper.", rich_help_panel=GRAFT),
     graft_updates: int | None = typer.Option(None, "--graft-updates", help="Mask updates (default: the recipe's).", rich_help_panel=GRAFT),
+    strategy: str = typer.Option("naive", "--strategy", help="Sequential: naive | ewc | l2 | replay | lwf | packnet | graft (see 'mtgraft strategies').", rich_help_panel=CL),
+    strategy_lambda: float | None = typer.Option(None, "--strategy-lambda", help="Strength of ewc / l2 / lwf (default: the strategy's).", rich_help_panel=CL),
+    ewc_decay: float = typer.Option(0.9, "--ewc-decay", help="Online EWC: F <- decay * F + F_t after each stage.", rich_help_panel=CL),
+    replay_size: int = typer.Option(100, "--replay-size", help="Replay: examples in the buffer (all earlier tasks together).", rich_help_panel=CL),
+    lwf_temperature: float = typer.Option(2.0, "--lwf-temperature", help="LwF: distillation temperature.", rich_help_panel=CL),
+    mask_keep: float = typer.Option(0.2, "--mask-keep", help="PackNet: share of the free body entries each task keeps.", rich_help_panel=CL),
     out: str | None = typer.Option(None, "--out", help="Run folder = checkpoint of all tasks (default runs/multitask/<mode>-<n>tasks-<time>).", rich_help_panel=OUT),
     **opts: Any,
 ) -> None:
@@ -65,6 +83,14 @@ def train_multitask_cmd(
         console.print(f"accuracy matrix: {result.files.get('png')}")
         if result.graft_cl:
             console.print(graft_cl_table(result.graft_cl))
+        st = result.strategy or {}
+        if st.get("name") == "graft" and st.get("matrices"):
+            for k, label in (("own", "task identity known: own patch"), ("union", "unknown: union of patches")):
+                m = st["matrices"][k]["continual"]
+                console.print(f"graft strategy ({label}): ACC {fmt(m['acc'])}  BWT {fmt(m['bwt'], signed=True)}  "
+                              f"forgetting (final) {fmt(m['forgetting_final'])}")
+        if st:
+            console.print(f"strategy {st.get('name')}: {st.get('extra_bytes', 0):,} bytes kept beyond the model")
     console.print(f"checkpoint: [bold]{result.checkpoint}[/]   mlflow run: {result.mlflow_run_id}")
 
 
@@ -124,3 +150,22 @@ def continual_graft_cmd(
     console.print(f"storage: {res.storage['patches_bytes']:,} bytes for {len(res.tasks)} patches vs "
                   f"{res.storage['checkpoints_bytes']:,} bytes for {len(res.tasks)} checkpoints "
                   f"({res.storage['ratio']:.0f}x) · results: {res.out}/continual_graft.json")
+
+
+@app.command("strategies")
+@handle_errors
+def strategies_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
+    """List the continual-learning strategies of 'train-multitask --mode sequential --strategy NAME'."""
+    from mtgraft.training.catalog import STRATEGIES
+
+    if json_out:
+        print_json({"strategies": [{"name": s.name, "description": s.description, "reference": s.reference,
+                                    "keeps": s.keeps, "task_identity": s.task_identity, "options": list(s.options),
+                                    "default_lambda": s.default_lambda} for s in STRATEGIES.values()]})
+        return
+    t = Table(title="continual-learning strategies (train-multitask --mode sequential --strategy NAME)")
+    for c in ("name", "task id at test", "description", "keeps per task", "reference"):
+        t.add_column(c)
+    for s in STRATEGIES.values():
+        t.add_row(s.name, "yes" if s.task_identity else "no", s.description, s.keeps, s.reference)
+    table_out.print(t)

@@ -32,6 +32,7 @@ from mtgraft.config import CommaList, TrainConfig
 from mtgraft.errors import MtgraftError
 from mtgraft.evaluation.predict import accuracy, evaluate_probs
 from mtgraft.models import CheckpointMeta, Encoded, TaskInfo, TaskModel, encode_examples, save_checkpoint
+from mtgraft.models.embedded import pretrained_record, provenance_tags
 from mtgraft.progress import progress_bar
 from mtgraft.resume import ResumeState, rng_state, set_rng_state
 from mtgraft.training.distributed import DistContext, dist_context
@@ -72,6 +73,22 @@ class MultitaskConfig(TrainConfig):
     graft_method: str = "graft"
     graft_recipe: Literal["fast", "thorough", "paper"] = "thorough"
     graft_updates: int | None = Field(None, ge=0)
+    strategy: str = Field("naive", description="sequential mode: continual-learning strategy (mtgraft strategies)")
+    strategy_lambda: float | None = Field(None, ge=0, description="strength of ewc / l2 / lwf (default: the "
+                                          "strategy's, see mtgraft strategies)")
+    ewc_decay: float = Field(0.9, ge=0, le=1, description="online EWC: F <- decay * F + F_t after each stage")
+    replay_size: int = Field(100, ge=1, description="replay: examples kept in the buffer (all tasks together)")
+    lwf_temperature: float = Field(2.0, gt=0, description="lwf: distillation temperature")
+    mask_keep: float = Field(0.2, gt=0, le=1, description="packnet: share of the free body entries a task keeps")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_check(cls, v: str) -> str:
+        from mtgraft.training.catalog import STRATEGIES
+
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{v}' (see 'mtgraft strategies': {', '.join(STRATEGIES)})")
+        return v
 
     @field_validator("tasks")
     @classmethod
@@ -86,6 +103,8 @@ class MultitaskConfig(TrainConfig):
     def _no_task(self) -> MultitaskConfig:
         if self.task is not None:
             raise ValueError("'task' is not an option of multi-task runs; give 'tasks' (a list)")
+        if self.strategy != "naive" and self.mode != "sequential":
+            raise ValueError(f"strategy '{self.strategy}' needs mode 'sequential' (a joint run sees every task at once)")
         if self.graft and self.mode != "sequential":
             raise ValueError("graft-based continual learning needs mode 'sequential' (for a joint run use "
                              "'mtgraft graft --all-tasks --finetuned DIR')")
@@ -134,6 +153,7 @@ class MultitaskResult:
     files: dict[str, str] = field(default_factory=dict)
     graft_cl: dict[str, Any] | None = None
     processes: int = 1
+    strategy: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -158,6 +178,8 @@ class MultitaskResult:
             })
             if self.graft_cl is not None:
                 out["graft_cl"] = self.graft_cl
+            if self.strategy is not None:
+                out["strategy"] = self.strategy
         return out
 
 
@@ -271,8 +293,9 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
         state.clear()  # a run without --resume starts over: drop the state of an earlier run to this folder
     dist.wait()
     infos = [model.tasks[n] for n in names]
-    tags = {"mtgraft.command": "train-multitask", "mtgraft.mode": cfg.mode, "mtgraft.tasks": ",".join(names)}
-    common = {"model_type": cfg.type, "pretrained": {"name": cfg.model, "hash": pre_hash}, "data": data,
+    tags = {"mtgraft.command": "train-multitask", "mtgraft.mode": cfg.mode, "mtgraft.tasks": ",".join(names),
+            **provenance_tags(cfg.model)}
+    common = {"model_type": cfg.type, "pretrained": pretrained_record(cfg.model, pre_hash), "data": data,
               "train_config": config, "task_sources": sources}
     with mlflow_run("multitask", f"{cfg.mode}-{'+'.join(names)}", cfg.tracking_uri, enabled=dist.is_main,
                     tags=tags) as run:
@@ -299,7 +322,7 @@ def train_multitask(cfg: MultitaskConfig, show_progress: bool = True) -> Multita
 
 def _loop(cfg: MultitaskConfig, model: TaskModel, stream: BatchStream, dev_encs: dict[str, Encoded], device: Any,
           dist: DistContext, run: Any, show: bool, label: str, prefix: str,
-          resumer: tuple[ResumeState, str, dict[str, Any]] | None = None) -> LoopResult:
+          resumer: tuple[ResumeState, str, dict[str, Any]] | None = None, strategy: Any = None) -> LoopResult:
     """One training loop; the dev score is the mean dev accuracy over ``dev_encs``.
 
     ``resumer`` = (state, name, config): the loop writes its periodic state under ``name`` at every
@@ -323,7 +346,9 @@ def _loop(cfg: MultitaskConfig, model: TaskModel, stream: BatchStream, dev_encs:
         return train_loop(model, stream, dev_eval, optimizer=opt, max_steps=cfg.max_steps, eval_every=cfg.eval_every,
                           grad_clip=cfg.grad_clip, device=device, precision=cfg.precision,
                           l1_to_pretrained=cfg.l1_to_pretrained, progress=prog, on_eval=on_eval, dist=dist,
-                          resumer=resumer, resume=cfg.resume)
+                          resumer=resumer, resume=cfg.resume,
+                          extra_loss=getattr(strategy, "extra_loss", None),
+                          after_step=getattr(strategy, "after_step", None))
 
 
 def _joint(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str, Encoded]], names: list[str],
@@ -361,9 +386,11 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
                 show: bool, out: str,
                 rs: tuple[ResumeState, dict[str, Any]]) -> tuple[MultitaskResult, Callable[[Path], None]]:
     from mtgraft.evaluation.continual import continual_metrics, mlflow_metric_keys, save_accuracy_matrix
+    from mtgraft.training.strategies import make_strategy
 
     state, conf = rs
     T = len(names)
+    strategy = make_strategy(cfg, model, names, enc["train"], device, dist.world_size)  # before any saved state
     r0 = [m["accuracy"] for m in eval_tasks(model, enc["test"], device, dist, full=False).values()]
     R = np.full((T, T), math.nan)
     stages: list[dict[str, Any]] = []
@@ -379,6 +406,9 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
             for n, v in saved["params"].items():
                 named[n].copy_(v)
         set_rng_state(saved["rng"])
+        strategy.load_state_dict(saved.get("strategy") or {})
+        strategy.stage = len(done) - 1
+    stage_bytes: list[dict[str, int]] = [d.get("extra_bytes", {}) for d in done]
     for t, name in enumerate(names):
         folder = f"stage_{t + 1}_{safe_name(name)}"
         seen = names[: t + 1]
@@ -393,11 +423,15 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
             continue
         stream = BatchStream([enc["train"][name]], cfg.batch_size, cfg.seed)
         t0 = time.perf_counter()
+        strategy.before_stage(t)
         res = _loop(cfg, model, stream, {name: enc["dev"][name]}, device, dist, run, show,
-                    f"stage {t + 1}/{T} {name}", f"stage_{t + 1}/dev/", resumer=(state, f"stage-{t + 1}", conf))
+                    f"stage {t + 1}/{T} {name}", f"stage_{t + 1}/dev/", resumer=(state, f"stage-{t + 1}", conf),
+                    strategy=strategy)
+        strategy.after_stage(t)
         total_seconds += res.train_seconds
         total_seen += res.examples_seen
-        test = eval_tasks(model, enc["test"], device, dist)
+        test = _eval_views(strategy, model, enc["test"], names, device, dist)
+        stage_bytes.append(strategy.extra_bytes())
         R[t] = [test[n]["accuracy"] for n in names]
         run.log_metrics({f"acc/stage_{t + 1}/task_{safe_name(n)}": R[t, i] for i, n in enumerate(names)})
         stage = {"stage": t + 1, "task": name, "checkpoint": str(Path(out) / folder), "best_step": res.best_step,
@@ -405,7 +439,8 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
                  "wall_seconds": round(time.perf_counter() - t0, 3)}
         stages.append(stage)
         done.append({"accuracy_row": R[t].tolist(), "test": test, "stage": stage,
-                     "train_seconds": res.train_seconds, "examples_seen": res.examples_seen})
+                     "train_seconds": res.train_seconds, "examples_seen": res.examples_seen,
+                     "extra_bytes": stage_bytes[-1]})
         if dist.is_main:
             meta = CheckpointMeta(tasks=infos[: t + 1], mode="sequential", order=seen, mlflow_run_id=run.run_id,
                                   metrics={"stage": t + 1, "test": {n: test[n] for n in seen},
@@ -414,17 +449,20 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
             # the stage checkpoint waits in the state folder (it outlives a kill) and moves into the run folder
             # at the end; then the stage is recorded as finished and its loop state is dropped
             save_checkpoint(subset_model(model, seen), meta, state.dir / folder)
-            state.save("stages", {"done": done, "params": _trainable_state(model), "rng": rng_state()}, conf)
+            state.save("stages", {"done": done, "params": _trainable_state(model), "rng": rng_state(),
+                                  "strategy": strategy.state_dict()}, conf)
             state.path(f"stage-{t + 1}").unlink(missing_ok=True)
     cont = continual_metrics(R, r0)
     run.log_metrics(mlflow_metric_keys(R, names, r0))
-    dev = eval_tasks(model, enc["dev"], device, dist)
+    dev = _eval_views(strategy, model, enc["dev"], names, device, dist)
     for n in names:
         run.log_metrics(test[n], prefix=f"test/{safe_name(n)}/")
     matrix = [[None if not math.isfinite(v) else float(v) for v in row] for row in R]
+    strat = _strategy_record(strategy, stage_bytes)
+    run.log_metrics({"strategy/extra_bytes": strat["extra_bytes"]})
     eps = total_seen / total_seconds if total_seconds > 0 else float("nan")
     result = MultitaskResult(names, "sequential", "", test, dev, cfg.max_steps * T, total_seconds, eps, None, {}, {},
-                             stages=stages, accuracy_matrix=matrix, r0=r0, continual=cont, files={})
+                             stages=stages, accuracy_matrix=matrix, r0=r0, continual=cont, files={}, strategy=strat)
 
     def write(tmp: Path) -> None:
         for t, name in enumerate(names):
@@ -437,15 +475,51 @@ def _sequential(cfg: MultitaskConfig, model: TaskModel, enc: dict[str, dict[str,
         for f in result.files.values():
             run.log_artifact(f, "continual")
         rel_stages = [{**s, "checkpoint": Path(s["checkpoint"]).name} for s in stages]
+        tensors = strategy.tensors()
+        if tensors:
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp / "strategy_state.safetensors"))
+            result.files["strategy_state"] = str(tmp / "strategy_state.safetensors")
         meta = CheckpointMeta(tasks=infos, mode="sequential", order=names, mlflow_run_id=run.run_id,
                               metrics={"test": test, "dev": dev, "accuracy_matrix": matrix, "r0": r0,
-                                       "continual": cont, "stages": rel_stages},
+                                       "continual": cont, "stages": rel_stages, "strategy": strat},
                               provenance=provenance(), **common)
         _save_into(model, meta, tmp)
         write_json(tmp / "stages.json", {"order": names, "stages": rel_stages, "r0": r0,
                                          "r0_note": R0_NOTE.get(cfg.type)})
 
     return result, write
+
+
+def _eval_views(strategy: Any, model: TaskModel, encs: dict[str, Encoded], names: list[str], device: Any,
+                dist: DistContext) -> dict[str, dict[str, Any]]:
+    """``eval_tasks``, each task seen through the strategy's view of it (PackNet: its own masks); strategies
+    without views evaluate exactly as ``eval_tasks``."""
+    if not strategy.has_views:
+        return eval_tasks(model, encs, device, dist)
+    out = {}
+    for i, n in enumerate(names):
+        with strategy.view(i):
+            out[n] = eval_tasks(model, {n: encs[n]}, device, dist)[n]
+    return out
+
+
+def _strategy_record(strategy: Any, stage_bytes: list[dict[str, int]]) -> dict[str, Any]:
+    """The strategy's name, settings and storage (bytes kept beyond the one model, per task, after each stage)."""
+    from mtgraft.training.catalog import STRATEGIES
+
+    info = STRATEGIES[strategy.name]
+    last = stage_bytes[-1] if stage_bytes else {}
+    rec: dict[str, Any] = {"name": strategy.name, "settings": strategy.settings(), "reference": info.reference,
+                           "task_identity": info.task_identity, "keeps": info.keeps,
+                           "extra_bytes": int(sum(last.values())), "extra_bytes_per_task": last,
+                           "extra_bytes_by_stage": [int(sum(b.values())) for b in stage_bytes]}
+    if strategy.name == "replay":
+        rec["buffer"] = strategy.buffer_counts()
+    if strategy.name == "packnet":
+        rec["owned_entries"] = strategy.owned()
+    return rec
 
 
 def stage_dirs(run_dir: str | Path) -> list[tuple[str, Path]]:

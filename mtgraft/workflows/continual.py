@@ -12,6 +12,10 @@ with ACC, BWT and forgetting (final and max) of each, taken against the run's ac
 storage of T patches against T full checkpoints, in bytes.
 
 ``train_multitask_with_grafts`` is ``mtgraft train-multitask``: the run, then (``--graft``) the above on it.
+With ``--strategy graft`` it also builds the graft strategy's own accuracy matrices (``stage_matrices``):
+after stage t the strategy holds the patches of tasks 1..t, so R_own[t, i] = task i's own graft (i ≤ t) and
+R_union[t, i] = the union of patches 1..t read out through task i's head; the next task (i = t + 1, needed by
+FWT) sees the union of patches 1..t with its untrained head in both.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class ContinualGraftConfig(BaseConfig):
     do_register: bool = False
     tracking_uri: str | None = None
     track: bool = True
+    stage_matrices: bool = Field(False, description="also the graft strategy's per-stage accuracy matrices "
+                                 "(own patch / union of the patches so far)")
 
 
 @dataclass
@@ -76,6 +82,7 @@ class ContinualGraftResult:
     mlflow_run_id: str | None
     seconds: float
     union_stats: dict[str, Any] = field(default_factory=dict)
+    stage_matrices: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         from mtgraft.evaluation.continual import FORGETTING_VARIANTS
@@ -84,7 +91,7 @@ class ContinualGraftResult:
                 "per_task": self.per_task, "approaches": self.approaches, "approach_notes": APPROACHES,
                 "forgetting_variants": FORGETTING_VARIANTS, "storage": self.storage, "patches": self.patches,
                 "union": self.union_stats, "settings": self.settings, "mlflow_run_id": self.mlflow_run_id,
-                "seconds": round(self.seconds, 2),
+                "seconds": round(self.seconds, 2), "stage_matrices": self.stage_matrices,
                 "sparsity_note": "region sizes count the graftable body only; the task head is always grafted"}
 
 
@@ -187,6 +194,10 @@ def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> Co
     restore()
     union_patch.apply_to_model(model)
     uni = {n: evaluate(n) for n in names}
+    stage_mats = None
+    if cfg.stage_matrices:
+        stage_mats = _stage_matrices(names, loaded, own, uni, restore, model, evaluate, stitch, cfg.overlap, pristine,
+                                     meta.metrics.get("r0"))
 
     # 3. per-task table, approach metrics, storage
     T = len(names)
@@ -236,24 +247,73 @@ def continual_graft(cfg: ContinualGraftConfig, show_progress: bool = True) -> Co
             run.log_metrics({a: per_task[n][a] for a in ("sequential", "own_graft", "union")},
                             prefix=f"graft_cl/task_{safe_name(n)}/")
         run.log_metrics({k: v for k, v in storage.items() if isinstance(v, (int, float))}, prefix="storage/")
+        if stage_mats is not None:
+            for k in ("own", "union"):
+                run.log_metrics({m: x for m, x in stage_mats[k]["continual"].items() if isinstance(x, float)},
+                                prefix=f"graft_strategy/{k}/")
         result = ContinualGraftResult(str(run_dir), str(out), names, matrix, per_task, approaches, storage,
                                       {n: str(p) for n, p in patches.items()}, settings, run.run_id,
-                                      time.perf_counter() - t_start, ustats)
+                                      time.perf_counter() - t_start, ustats, stage_mats)
         write_json(out / "continual_graft.json", {**result.to_json(), "provenance": provenance()})
         run.log_artifact(out / "continual_graft.json")
     return result
 
 
+def _stage_matrices(names: list[str], loaded: list[Any], own: dict[str, dict[str, Any]],
+                    uni: dict[str, dict[str, Any]], restore: Any, model: Any, evaluate: Any, stitch: Any,
+                    overlap: str, pristine: dict[str, Any], r0: list[float] | None) -> dict[str, Any]:
+    """The graft strategy's accuracy matrices: task identity known (own patch) and unknown (union so far)."""
+    from mtgraft.evaluation.continual import continual_metrics
+
+    T = len(names)
+    Ru = np.full((T, T), math.nan)
+    for t in range(T):
+        if t == T - 1:
+            Ru[t] = [uni[n]["accuracy"] for n in names]
+            continue
+        up, _ = stitch(loaded[: t + 1], overlap, base=pristine if overlap == "sum" else None)
+        restore()
+        up.apply_to_model(model)  # heads of tasks 1..t from their patches; task t+1's head stays untrained
+        for i in range(t + 2):
+            Ru[t, i] = evaluate(names[i])["accuracy"]
+    restore()
+    Ro = Ru.copy()
+    for t in range(T):
+        for i in range(t + 1):
+            Ro[t, i] = own[names[i]]["accuracy"]
+
+    def pack(R: np.ndarray) -> dict[str, Any]:
+        return {"accuracy_matrix": [[None if not math.isfinite(v) else float(v) for v in row] for row in R],
+                "continual": continual_metrics(R, r0)}
+
+    return {"own": pack(Ro), "union": pack(Ru), "r0": r0,
+            "note": "R[t, i]: after stage t the strategy holds patches 1..t; own = task i's own patch (i <= t), "
+                    "union = the stitched patches 1..t; i = t + 1 sees the union with its untrained head; "
+                    "entries i > t + 1 are not evaluated (no metric reads them)"}
+
+
 def train_multitask_with_grafts(cfg: MultitaskConfig, show_progress: bool = True) -> MultitaskResult:
     """``train_multitask``; then, with ``cfg.graft`` (sequential runs), graft-based continual learning on the run.
 
+    ``--strategy graft`` implies ``--graft`` and adds the strategy's per-stage matrices (``result.strategy``).
     The grafts run on the main process only; their result (``continual_graft``'s JSON) is ``result.graft_cl``.
     """
     result = train_multitask(cfg, show_progress=show_progress)
     dist = dist_context(cfg.device)
-    if cfg.mode == "sequential" and cfg.graft and dist.is_main:
+    is_graft = cfg.strategy == "graft"
+    if cfg.mode == "sequential" and (cfg.graft or is_graft) and dist.is_main:
         gcfg = ContinualGraftConfig(run=result.checkpoint, sparsity=cfg.graft_sparsity, method=cfg.graft_method,
                                     recipe=cfg.graft_recipe, updates=cfg.graft_updates, seed=cfg.seed,
-                                    device=cfg.device, tracking_uri=cfg.tracking_uri)
+                                    device=cfg.device, tracking_uri=cfg.tracking_uri, stage_matrices=is_graft)
         result.graft_cl = continual_graft(gcfg, show_progress=show_progress).to_json()
+        if is_graft and result.strategy is not None:
+            st = result.graft_cl["storage"]
+            result.strategy.update({
+                "settings": {"sparsity": cfg.graft_sparsity, "method": cfg.graft_method, "recipe": cfg.graft_recipe,
+                             "updates": cfg.graft_updates},
+                "matrices": result.graft_cl["stage_matrices"],
+                "extra_bytes": int(st["patches_bytes"]),
+                "extra_bytes_per_task": {n: v["patch_bytes"] for n, v in st["per_task"].items()},
+                "graft_seconds": result.graft_cl["seconds"],
+            })
     return result

@@ -32,7 +32,7 @@ def _probe(args: list[str]) -> dict:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["tasks", "list"], ["tasks", "show", "rotten_tomatoes"], ["methods"],
-                                  ["train", "--help"], ["graft", "--help"]])
+                                  ["strategies"], ["strategies", "--json"], ["train", "--help"], ["graft", "--help"]])
 def test_quick_commands_load_no_heavy_library(args: list[str]) -> None:
     got = _probe(args)
     assert got["code"] in (0, None), got
