@@ -1,0 +1,444 @@
+"""Localisation benchmark (issue 15): Rel against region size for every localisation method, on several tasks and
+seeds, with paired differences against top-k |delta|, wall time and peak memory per method; a Pareto plot.
+
+Usage: python benchmarks/bench_localize.py [--root runs/single_task_seeds] [--tasks rotten_tomatoes movie_polarity
+       hedge] [--seeds 13 21 42] [--sizes 1e-5 ... 1e-2] [--learned-sizes 1e-4 1e-3] [--methods ...]
+       [--max-test 200] [--updates 5] [--examples-per-update 64] [--work DIR] [--out benchmarks/results/localize.json]
+       [--plot docs/img/pareto.png] [--smoke]
+
+It reuses fine-tuned single-task checkpoints, ``<root>/seed-<seed>/train/<task>/`` (one per task and seed, as the
+``single_task`` study writes them), and runs every method in this one process, through the code path of ``mtgraft
+graft`` (``load_inputs`` → ``reference_metrics`` → ``select`` → ``evaluate_region``), without writing patches or
+MLflow runs. The two reference models' test predictions come from the evaluation cache (docs/evaluation-cache.md):
+a rerun recomputes none of them. Per (task, seed) "setting", every method at every size:
+
+- Rel on a seeded cap of the test set (``--max-test``), with the graft's paired bootstrap (B = 1,000 resamples of
+  the test examples, seeded by the setting's seed, shared by P_0, P_1 and every region);
+- against top-k |delta| at the same size: the paired bootstrap difference of Rel (mtgraft.grafting.intervals);
+- wall time of the selection (the score computation counted in the first size that needs it; a later size reads
+  the space's cache, as in one ``mtgraft graft`` command) and its peak resident memory above the resident memory
+  before it (VmHWM, reset per selection through /proc/self/clear_refs).
+
+Over the settings, per method and size: mean Rel with a t-interval; the paired difference to top-k with a
+t-interval and a Wilcoxon signed-rank test over settings (mtgraft.evaluation.uncertainty.compare_over_seeds), and a
+pooled paired bootstrap interval (the mean over settings of each resample's ΔRel; each setting's resamples are
+independent). Settings whose fine-tuning gain interval contains 0 are flagged (Rel is unstable there) and the
+headline is given with and without them. The goal of the issue: a method whose mean Rel exceeds top-k's by ≥ 0.10 at
+both 1e-4 and 1e-3, with the paired intervals excluding zero, at no more than the current default's time.
+
+Each setting's record is written to ``--work`` as soon as it is done, and reused by a rerun with the same settings,
+so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_TASKS = ["rotten_tomatoes", "movie_polarity", "hedge"]
+DEFAULT_SEEDS = [13, 21, 42]
+SIZES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+#: the slow methods (mask learning, alpha search) run at these sizes only, to fit the time budget
+LEARNED_SIZES = [1e-4, 1e-3]
+GOAL_SIZES = (1e-4, 1e-3)
+GOAL_DIFF = 0.10
+BASELINE = "topk"
+DEFAULT = "graft"  # the current default method (recipe thorough)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from mtgraft.grafting.catalog import METHODS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default="runs/single_task_seeds")
+    ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=DEFAULT_SEEDS)
+    ap.add_argument("--sizes", nargs="+", type=float, default=SIZES)
+    ap.add_argument("--learned-sizes", nargs="+", type=float, default=LEARNED_SIZES)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--max-test", type=int, default=200)
+    ap.add_argument("--updates", type=int, default=5, help="mask updates of every learner (recipe thorough: 10)")
+    ap.add_argument("--examples-per-update", type=int, default=64)
+    ap.add_argument("--recipe", default="thorough")
+    ap.add_argument("--k", type=int, default=None, help="examples per class for train and dev (default: the checkpoint's)")
+    ap.add_argument("--option", action="append", default=[], help="METHOD.KEY=VALUE (as mtgraft graft --method-option)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", default=None, help="per-setting records (default: a folder in the temp dir)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--smoke", action="store_true", help="one task, one seed, two sizes, tiny test set: < 1 min")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.seeds = a.seeds[:1]
+        a.tasks = a.tasks[:1]
+        a.sizes, a.learned_sizes = [1e-4, 1e-3], [1e-4]
+        a.max_test, a.updates, a.examples_per_update, a.k = 40, 1, 16, 8
+        a.option = [*a.option, "fisher.fisher_examples=16", "grad-movement.fisher_examples=16",
+                    "saliency.saliency_steps=1", "graft-rescaled.alphas=[1, 2]"]
+        a.out = a.out or str(Path(tempfile.gettempdir()) / "bench_localize_smoke.json")
+        a.plot = a.plot or str(Path(tempfile.gettempdir()) / "bench_localize_smoke.png")
+    a.out = a.out or "benchmarks/results/localize.json"
+    a.plot = a.plot or "docs/img/pareto.png"
+    a.work = a.work or str(Path(tempfile.gettempdir()) / ("bench_localize_smoke" if a.smoke else "bench_localize"))
+    return a
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_reset() -> int | None:
+    """Reset the process's peak RSS (VmHWM) to its current RSS; returns the RSS in KiB (None where unsupported)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kib("VmRSS")
+    except OSError:
+        return None
+
+
+def peak_above(start: int | None) -> float | None:
+    """MiB of peak RSS since ``peak_reset`` above the RSS then."""
+    if start is None:
+        return None
+    return round((_status_kib("VmHWM") - start) / 1024, 1)
+
+
+# ------------------------------------------------------------------------------------------------ one setting
+
+
+def checkpoint_of(root: str, seed: int, task: str) -> Path:
+    return Path(root) / f"seed-{seed}" / "train" / task
+
+
+def signature(a: argparse.Namespace) -> dict[str, Any]:
+    """What a setting's record depends on (a saved record with another signature is recomputed)."""
+    return {"sizes": a.sizes, "learned_sizes": a.learned_sizes, "methods": a.methods, "max_test": a.max_test, "k": a.k,
+            "updates": a.updates, "examples_per_update": a.examples_per_update, "recipe": a.recipe,
+            "options": a.option}
+
+
+def run_setting(a: argparse.Namespace, task: str, seed: int, log: Any) -> dict[str, Any]:
+    """Every method at every size on one (task, seed) checkpoint; Rel, bootstrap ΔRel to top-k, time, memory."""
+    import numpy as np
+
+    from mtgraft.grafting import GraftConfig
+    from mtgraft.grafting.intervals import comparisons
+    from mtgraft.grafting.methods import SelectContext, get_method
+    from mtgraft.grafting.run import evaluate_region, load_inputs, reference_metrics
+    from mtgraft.models import read_checkpoint_meta
+
+    ck = checkpoint_of(a.root, seed, task)
+    meta = read_checkpoint_meta(str(ck))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = GraftConfig(task=task, finetuned=str(ck), sparsity=sorted(set(a.sizes) | set(a.learned_sizes)),
+                          method=a.methods, recipe=a.recipe, updates=a.updates,
+                          examples_per_update=a.examples_per_update, seed=seed, max_test=a.max_test, k=a.k, track=False,
+                          do_register=False, out=str(Path(tmp) / "out"), method_options=a.option or {})
+        inputs = load_inputs(cfg, task, meta)
+    ref = reference_metrics(inputs, seed)  # both ends from the evaluation cache when it has them
+    ft = ref.finetuned.metrics
+    rec: dict[str, Any] = {
+        "task": task, "seed": seed, "checkpoint": str(ck), "graftable_size": inputs.space.numel,
+        "n_train": len(inputs.train), "n_dev": len(inputs.dev), "n_test": len(inputs.test),
+        "pretrained": {k: ref.pretrained.metrics.get(k) for k in ("accuracy", "accuracy_ci95")},
+        "finetuned": {k: ft.get(k) for k in ("accuracy", "accuracy_ci95", "gain", "gain_ci95", "gain_p")},
+        "learned_clearly": bool(ft.get("gain_ci95") and ft["gain_ci95"][0] > 0),
+        "load_seconds": round(time.perf_counter() - t0, 2), "rows": [],
+    }
+    log(f"{task} seed {seed}: |P| = {inputs.space.numel:,}, test {len(inputs.test)}, P0 "
+        f"{rec['pretrained']['accuracy']:.3f}, P1 {ft['accuracy']:.3f} (gain CI {ft.get('gain_ci95')})")
+    points: dict[tuple[str, float], dict[str, Any]] = {}
+    for name in a.methods:
+        method = get_method(name)
+        settings = cfg.method_settings(name, inputs.settings)
+        sizes = a.learned_sizes if method.learned else a.sizes
+        for s in sizes:
+            k = inputs.budgets[s]
+            rss0 = peak_reset()
+            t1 = time.perf_counter()
+            sel = method.select(SelectContext(inputs.space, k, inputs.train, inputs.dev, settings, seed))
+            seconds = time.perf_counter() - t1
+            peak = peak_above(rss0)
+            t2 = time.perf_counter()
+            region = evaluate_region(inputs, ref, sel.indices, (name, s), sel.scale)
+            m = region.metrics
+            row = {"method": name, "sparsity": s, "k": k, "region_size": int(sel.indices.numel()),
+                   "rel": m["rel"], "rel_ci95": m.get("rel_ci95"), "accuracy": m["accuracy"],
+                   "agreement": m.get("agreement"), "ece": m.get("ece"), "select_seconds": round(seconds, 3),
+                   "eval_seconds": round(time.perf_counter() - t2, 3), "peak_mib_above_start": peak}
+            if sel.scale != 1.0:
+                row["scale"] = sel.scale
+            for key in ("best_update", "updates_run", "candidates"):
+                if key in sel.info:
+                    row[key] = sel.info[key]
+            rec["rows"].append(row)
+            points[(name, s)] = m
+            log(f"  {name:<15} s={s:<7g} k={k:<7,} Rel {m['rel']:+.3f}  select {seconds:6.1f}s  peak +{peak} MiB")
+    pairs = [((n, s), (BASELINE, s)) for (n, s) in points if n != BASELINE and (BASELINE, s) in points]
+    rec["vs_topk"] = [c for c in comparisons(ref.boot, points, pairs) if c["metric"] == "rel"]
+    # each resample's ΔRel, kept (rounded) for the pooled interval over settings
+    gain = ref.boot.ft["test"] - ref.boot.pre["test"]
+    rec["rel_diff_samples"] = {}
+    for (n, s), (_, sb) in pairs:
+        sa, sbb = ref.boot.samples[(n, s)], ref.boot.samples[(BASELINE, s)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rd = np.where(gain != 0, (sa - sbb) / np.where(gain != 0, gain, 1.0), np.nan)
+        rec["rel_diff_samples"][f"{n}@{s:g}"] = [None if not math.isfinite(x) else round(float(x), 5) for x in rd]
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    return rec
+
+
+# ------------------------------------------------------------------------------------------------ over settings
+
+
+def summarise(records: list[dict[str, Any]], a: argparse.Namespace) -> dict[str, Any]:
+    """Per method and size, over the settings: mean Rel, paired difference to top-k (t-interval, Wilcoxon,
+    pooled bootstrap), mean time and peak memory; the goal's verdict per method."""
+    import numpy as np
+
+    from mtgraft.evaluation.uncertainty import aggregate, bootstrap_p, compare_over_seeds, percentile_interval
+
+    out: dict[str, Any] = {}
+    for subset, recs in (("all", records), ("learned_clearly", [r for r in records if r["learned_clearly"]])):
+        rows: list[dict[str, Any]] = []
+        keys = sorted({(x["method"], x["sparsity"]) for r in recs for x in r["rows"]},
+                      key=lambda t: (a.methods.index(t[0]) if t[0] in a.methods else 99, t[1]))
+        for name, s in keys:
+            per = {(r["task"], r["seed"]): x for r in recs for x in r["rows"] if (x["method"], x["sparsity"]) == (name, s)}
+            rel = aggregate([x["rel"] for x in per.values()])
+            row: dict[str, Any] = {
+                "method": name, "sparsity": s, "n_settings": rel["n"], "rel_mean": rel["mean"], "rel_ci95": rel["ci95"],
+                "select_seconds_mean": _mean([x["select_seconds"] for x in per.values()]),
+                "select_seconds_max": max((x["select_seconds"] for x in per.values()), default=None),
+                "peak_mib_mean": _mean([x["peak_mib_above_start"] for x in per.values()]),
+                "peak_mib_max": max((x["peak_mib_above_start"] or 0 for x in per.values()), default=None),
+            }
+            if name != BASELINE:
+                base = {(r["task"], r["seed"]): x["rel"] for r in recs for x in r["rows"]
+                        if (x["method"], x["sparsity"]) == (BASELINE, s)}
+                c = compare_over_seeds({k: v["rel"] for k, v in per.items()}, base)
+                row["vs_topk"] = {"mean_diff": c["mean_diff"], "ci95": c["ci95"], "wilcoxon_p": c["wilcoxon_p"],
+                                  "min_possible_p": c["min_possible_p"], "n": len(c["diffs"])}
+                samples = [r["rel_diff_samples"].get(f"{name}@{s:g}") for r in recs]
+                samples = [np.array([np.nan if v is None else v for v in x], dtype=float) for x in samples if x]
+                if samples:
+                    pooled = np.nanmean(np.stack(samples), axis=0) if len(samples) > 1 else samples[0]
+                    row["vs_topk"]["pooled_bootstrap_ci95"] = percentile_interval(pooled[np.isfinite(pooled)])
+                    row["vs_topk"]["pooled_bootstrap_p"] = bootstrap_p(pooled[np.isfinite(pooled)])
+            rows.append(row)
+        out[subset] = {"settings": [f"{r['task']}/seed-{r['seed']}" for r in recs], "rows": rows,
+                       "goal": goal(rows)}
+    return out
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    v = [float(x) for x in xs if x is not None]
+    return round(sum(v) / len(v), 3) if v else None
+
+
+def goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: does it beat top-k by ≥ GOAL_DIFF mean Rel at both goal sizes, with the t-interval over settings
+    and the pooled bootstrap interval both above zero, at no more than the default method's time?"""
+    by = {(r["method"], r["sparsity"]): r for r in rows}
+    verdict: dict[str, Any] = {}
+    for name in sorted({r["method"] for r in rows} - {BASELINE}):
+        parts = {}
+        for s in GOAL_SIZES:
+            r = by.get((name, s))
+            if r is None or "vs_topk" not in r:
+                parts[f"{s:g}"] = None
+                continue
+            v = r["vs_topk"]
+            t_ok = bool(v["ci95"] and v["ci95"][0] > 0)
+            b_ok = bool(v.get("pooled_bootstrap_ci95") and v["pooled_bootstrap_ci95"][0] > 0)
+            d = by.get((DEFAULT, s))
+            time_ok = (d is not None and r["select_seconds_mean"] is not None and d["select_seconds_mean"] is not None
+                       and r["select_seconds_mean"] <= d["select_seconds_mean"])
+            parts[f"{s:g}"] = {"mean_diff": v["mean_diff"], "diff_ok": v["mean_diff"] is not None and v["mean_diff"] >= GOAL_DIFF,
+                               "t_interval_above_0": t_ok, "pooled_bootstrap_above_0": b_ok, "time_le_default": time_ok}
+        met = all(p is not None and p["diff_ok"] and p["t_interval_above_0"] and p["pooled_bootstrap_above_0"]
+                  for p in parts.values())
+        verdict[name] = {"met": met, "met_including_time": met and all(p["time_le_default"] for p in parts.values()),
+                         **parts}
+    return verdict
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def markdown(summary: dict[str, Any], a: argparse.Namespace, subset: str = "all") -> str:
+    from mtgraft.evaluation.uncertainty import format_ci
+
+    rows = summary[subset]["rows"]
+    sizes = sorted({r["sparsity"] for r in rows})
+    methods = [m for m in a.methods if any(r["method"] == m for r in rows)]
+    by = {(r["method"], r["sparsity"]): r for r in rows}
+    lines = [f"mean Rel over {len(summary[subset]['settings'])} settings (± half the 95% t-interval)", "",
+             "| method | " + " | ".join(f"{s:g}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for m in methods:
+        cells = [format_ci({"mean": by[(m, s)]["rel_mean"], "ci95": by[(m, s)]["rel_ci95"]}, 3) if (m, s) in by else ""
+                 for s in sizes]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "against top-k at equal size: mean ΔRel [95% t-interval over settings], Wilcoxon p, pooled paired "
+              "bootstrap interval; time of the selection (mean s) and peak memory above start (mean MiB)", "",
+              "| method | size | ΔRel [t CI] | Wilcoxon p | bootstrap CI | select s | peak MiB |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for m in methods:
+        for s in sizes:
+            r = by.get((m, s))
+            if r is None:
+                continue
+            v = r.get("vs_topk") or {}
+            ci, bci = v.get("ci95"), v.get("pooled_bootstrap_ci95")
+            d = "—" if v.get("mean_diff") is None else f"{v['mean_diff']:+.3f}" + (
+                f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+            p = "—" if v.get("wilcoxon_p") is None else f"{v['wilcoxon_p']:.3g}"
+            b = f"[{bci[0]:+.3f}, {bci[1]:+.3f}]" if bci else "—"
+            lines.append(f"| {m} | {s:g} | {d} | {p} | {b} | {_f(r['select_seconds_mean'], 1)} | "
+                         f"{_f(r['peak_mib_mean'], 0)} |")
+    g = summary[subset]["goal"]
+    met = [m for m, v in g.items() if v["met"]]
+    lines += ["", f"goal (≥ {GOAL_DIFF} mean ΔRel at {' and '.join(f'{s:g}' for s in GOAL_SIZES)}, both intervals "
+              f"above 0): {'met by ' + ', '.join(met) if met else 'met by no method'}"]
+    return "\n".join(lines)
+
+
+def _f(x: float | None, nd: int) -> str:
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def pareto_plot(summary: dict[str, Any], a: argparse.Namespace, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["all"]["rows"]
+    methods = [m for m in a.methods if any(r["method"] == m for r in rows)]
+    fig, axes = plt.subplots(1, 1 + len(GOAL_SIZES), figsize=(5.2 * (1 + len(GOAL_SIZES)), 4.4))
+    cmap = plt.get_cmap("tab10")
+    ax = axes[0]
+    for i, m in enumerate(methods):
+        pts = sorted((r["sparsity"], r["rel_mean"]) for r in rows if r["method"] == m and r["rel_mean"] is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=cmap(i % 10), label=m, ms=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("region size (fraction of the graftable body)")
+    ax.set_ylabel("mean Rel over settings")
+    ax.axhline(1.0, color="grey", lw=0.5, ls="--")
+    ax.set_title(f"Rel vs size ({len(summary['all']['settings'])} task×seed settings)")
+    ax.legend(fontsize=7)
+    for ax, s in zip(axes[1:], GOAL_SIZES, strict=True):
+        pts = [(r["select_seconds_mean"], r["rel_mean"], r["method"]) for r in rows
+               if r["sparsity"] == s and r["rel_mean"] is not None and r["select_seconds_mean"] is not None]
+        for t, rel, m in pts:
+            ax.scatter(max(t, 1e-3), rel, color=cmap(methods.index(m) % 10), s=30)
+            ax.annotate(m, (max(t, 1e-3), rel), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front, best = [], -math.inf  # Pareto front: no other method both faster and better
+        for t, rel, m in sorted(pts, key=lambda p: (p[0], -p[1])):
+            if rel > best:
+                front.append((max(t, 1e-3), rel))
+                best = rel
+        if front:
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("selection time per region (s, mean; 1 thread)")
+        ax.set_ylabel("mean Rel")
+        ax.set_title(f"cost vs Rel at {s:g} (dotted: Pareto front)")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from mtgraft.utils import provenance
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sig = signature(a)
+    load_start, t_start = os.getloadavg(), time.perf_counter()
+    records, missing = [], []
+    for seed in a.seeds:  # seed-major: an interrupted run still covers every task of its first seeds
+        for task in a.tasks:
+            if not (checkpoint_of(a.root, seed, task) / "mtgraft.json").is_file():
+                missing.append(f"{task}/seed-{seed}")
+                log(f"skip {task} seed {seed}: no checkpoint at {checkpoint_of(a.root, seed, task)}")
+                continue
+            part = work / f"{task}-seed{seed}.json"
+            if part.is_file():
+                saved = json.loads(part.read_text())
+                if saved.get("signature") == sig:
+                    log(f"{task} seed {seed}: reused {part}")
+                    records.append(saved["record"])
+                    continue
+            rec = run_setting(a, task, seed, log)
+            rec["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+            write_json_atomic(part, {"signature": sig, "record": rec})
+            records.append(rec)
+    if not records:
+        log("no checkpoints found: nothing measured")
+        return 1
+    summary = summarise(records, a)
+    result = {
+        "benchmark": "localize", "issue": 15, "settings_run": [f"{r['task']}/seed-{r['seed']}" for r in records],
+        "settings_missing": missing, "config": {**sig, "tasks": a.tasks, "seeds": a.seeds, "root": a.root,
+                                               "threads": a.threads, "smoke": a.smoke,
+                                               "baseline": BASELINE, "default_method": DEFAULT,
+                                               "goal": {"sizes": GOAL_SIZES, "min_mean_diff": GOAL_DIFF}},
+        "summary": summary,
+        "records": [{k: v for k, v in r.items() if k != "rel_diff_samples"} for r in records],
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "load_average_start": [round(x, 2) for x in load_start], "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                 "threads": torch.get_num_threads()},
+        "provenance": provenance(),
+    }
+    write_json_atomic(a.out, result)
+    pareto_plot(summary, a, a.plot)
+    print(markdown(summary, a))
+    if any(not r["learned_clearly"] for r in records):
+        print("\nsettings whose fine-tuning gain interval contains 0 (Rel unstable): "
+              + ", ".join(f"{r['task']}/seed-{r['seed']}" for r in records if not r["learned_clearly"]))
+        if summary["learned_clearly"]["settings"]:
+            print("\nwithout them:\n" + markdown(summary, a, "learned_clearly"))
+    print(f"\nJSON: {a.out}  plot: {a.plot}  {result['seconds']:.0f} s, load average "
+          f"{load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
