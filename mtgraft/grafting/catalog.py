@@ -75,10 +75,10 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in [
     MethodInfo("stitch-l1", "Localize-and-Stitch's localisation: mask sigmoid(S) over the candidates, Adam on "
                "task loss + lambda·sum sigmoid(S)/k, then the top k of sigmoid(S)",
                LOCALIZE_AND_STITCH, True, "learn_stitch_l1", uses=_LEARNER,
-               defaults={"lr": 0.1, "normalise": "global", "l1": 1e-3, "sigmoid_bias": 3.0}),
+               defaults={"lr": 0.1, "normalise": "global", "l1": 1e-4, "sigmoid_bias": 3.0}),
     MethodInfo("graft-rescaled", "NOT fine-tuned values: the top-k region by the init score with its movement scaled "
                "by one alpha, theta_pre + alpha·delta, alpha chosen on train+dev from a grid (stored in the patch)",
-               "https://arxiv.org/abs/2311.03099", True, "select_rescaled", uses=("init", "batch_size"),
+               "https://arxiv.org/abs/2311.03099", True, "select_rescaled", uses=("init",),
                defaults={"alphas": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]}),
 ]}
 
