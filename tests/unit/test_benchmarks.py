@@ -140,3 +140,40 @@ def test_core_cpu_subtracts_the_topk_command_at_the_same_sparsity():
     bench_graft.add_core_cpu(rows)
     assert rows[1]["core_cpu_s"] == pytest.approx(35.0)
     assert "core_cpu_s" not in rows[0] and "core_cpu_s" not in rows[2]  # no top-k child at 1e-4
+
+
+bench_localize = _load("bench_localize")
+
+
+def _record(task: str, seed: int, rel_topk: float, rel_x: float, learned: bool = True) -> dict:
+    rows = [{"method": m, "sparsity": s, "rel": r, "select_seconds": t, "peak_mib_above_start": 10.0}
+            for s in (1e-4, 1e-3) for m, r, t in (("topk", rel_topk, 0.1), ("x", rel_x, 1.0), ("graft", rel_topk, 2.0))]
+    diff = [round(rel_x - rel_topk + 0.01 * ((i % 5) - 2), 5) for i in range(200)]
+    return {"task": task, "seed": seed, "learned_clearly": learned, "rows": rows,
+            "rel_diff_samples": {f"{m}@{s:g}": diff if m == "x" else [0.0] * 200
+                                 for s in (1e-4, 1e-3) for m in ("x", "graft")}}
+
+
+def test_bench_localize_goal_needs_the_difference_and_both_intervals():
+    a = bench_localize.parse_args(["--methods", "topk", "x", "graft"])
+    recs = [_record("a", 13, 0.2, 0.45), _record("a", 21, 0.3, 0.5), _record("b", 13, 0.1, 0.32),
+            _record("b", 21, 0.25, 0.4, learned=False)]
+    summ = bench_localize.summarise(recs, a)
+    g = summ["all"]["goal"]
+    assert g["x"]["met"] and g["x"]["met_including_time"]  # 1.0 s a region, the default 2.0 s
+    row = next(r for r in summ["all"]["rows"] if (r["method"], r["sparsity"]) == ("x", 1e-4))
+    assert row["vs_topk"]["mean_diff"] > 0.1 and row["vs_topk"]["ci95"][0] > 0
+    assert row["vs_topk"]["pooled_bootstrap_ci95"][0] > 0
+    assert not g["graft"]["met"]  # no difference at all
+    assert summ["learned_clearly"]["settings"] == ["a/seed-13", "a/seed-21", "b/seed-13"]
+    small = [_record("a", 13, 0.2, 0.25), _record("a", 21, 0.3, 0.35), _record("b", 13, 0.1, 0.15)]
+    assert not bench_localize.summarise(small, a)["all"]["goal"]["x"]["met"]  # +0.05 < 0.10
+    assert "met by x" in bench_localize.markdown(summ, a)
+
+
+def test_bench_localize_parent_imports_no_torch():
+    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import bench_localize; "
+            "print(sorted(m for m in ('torch', 'mtgraft.grafting.methods') if m in sys.modules))")
+    r = bench_graft.run_measured([sys.executable, "-c", code])
+    assert r["rc"] == 0, r["stderr_tail"]
+    assert r["stdout"].strip() == "[]"
