@@ -100,7 +100,13 @@ def _validate_sections(s: StudyConfig, path: str) -> None:
 
             MultitaskConfig(tasks=s.tasks, mode=s.kind, model=s.model, type=s.type, **s.train)
         GraftConfig(task=s.tasks[0], finetuned="x", **s.graft)
-        if s.continual is not None:
+        if s.continual is not None and "strategies" in s.continual:
+            from mtgraft.workflows.stream import StreamConfig
+
+            if s.kind != "sequential":
+                raise MtgraftError(f"study ({path}): comparing continual strategies needs kind 'sequential'")
+            StreamConfig(**s.continual)
+        elif s.continual is not None:
             from mtgraft.workflows.continual import ContinualGraftConfig
 
             ContinualGraftConfig(run="x", **s.continual)
@@ -288,6 +294,10 @@ class Study:
                 "report": report}
 
     def _sequential(self) -> dict[str, Any]:
+        if self.cfg.continual is not None and "strategies" in self.cfg.continual:
+            from mtgraft.workflows.stream import run_stream
+
+            return {"stream": run_stream(self)}  # strategies × orders × seeds (docs/continual.md)
         tr = self._train_all("sequential")
         cl = None
         if self.cfg.continual is not None:
@@ -364,6 +374,13 @@ def render_summary(s: dict[str, Any]) -> str:
         lines += ["", "## Per-task grafts on the multi-task model", ""] + head
         for g in s["grafts"]:
             lines += graft_rows(g)
+    elif s.get("stream"):
+        from mtgraft.workflows.stream import render_stream
+
+        st = s["stream"]
+        lines += ["## Continual-learning strategies (95% t-intervals over orders × seeds)", "",
+                  f"Orders: {st['orders']} · seeds: {st['seeds']} · figures: {st.get('figures')}", "",
+                  render_stream(st)]
     else:
         R = s.get("accuracy_matrix") or []
         tasks = ((s.get("train") or {}).get("tasks") or (s.get("graft_cl") or {}).get("tasks")

@@ -33,7 +33,10 @@ def _run(args, tmp_path):
     ("single_task.yaml", ["tasks=[rotten_tomatoes,movie_polarity]", "graft.sparsity=[1e-3,1e-2]"]),
     ("multitask_overlap.yaml", ["tasks=[rotten_tomatoes,movie_polarity,hedge]", "report.max_test=12",
                                 "report.unions=[[rotten_tomatoes,movie_polarity]]"]),
-    ("continual.yaml", ["tasks=[hedge,rotten_tomatoes]", "continual.updates=2"]),
+    ("continual_graft.yaml", ["tasks=[hedge,rotten_tomatoes]", "continual.updates=2"]),
+    ("continual.yaml", ["tasks=[hedge,rotten_tomatoes,spam]", "continual.updates=2", "continual.seeds=[13,21]",
+                        "continual.orders=[[hedge,rotten_tomatoes,spam],[spam,hedge,rotten_tomatoes]]",
+                        "continual.budget_minutes=null", "continual.options.replay.replay_size=4"]),
 ])
 def test_study_smoke_and_resume(tiny, tmp_path, monkeypatch, study, extra):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -65,6 +68,19 @@ def test_study_smoke_and_resume(tiny, tmp_path, monkeypatch, study, extra):
             assert gr["gain"] == ft["gain"] and gr["gain_ci95"] == ft["gain_ci95"]
             assert gr["learnt"] == learnt_status(ft["gain"], ft["gain_ci95"])[0]
             assert f"| {g['task']} |" in md
+    elif "stream" in summary:  # the strategy comparison: every strategy × order × seed, aggregated
+        st = summary["stream"]
+        names = ["naive", "ewc", "l2", "replay", "lwf", "packnet", "graft", "graft-union"]
+        assert list(st["strategies"]) == names and not st["not_run"]
+        for n in names:
+            p = st["strategies"][n]
+            assert p["n_cells"] == 4 and p["acc"]["ci95"] is not None and len(p["matrix_by_position_mean"]) == 3
+        assert st["strategies"]["packnet"]["bwt"]["mean"] == 0.0 and st["strategies"]["graft"]["bwt"]["mean"] == 0.0
+        assert st["strategies"]["naive"]["extra_bytes_per_task"]["mean"] == 0
+        assert st["strategies"]["graft"]["extra_bytes_per_task"]["mean"] > 0
+        for f in st["figures"].values():
+            assert Path(f).stat().st_size > 0
+        assert "| graft-union | 4 |" in (tmp_path / "out" / "summary.md").read_text()
     else:
         assert len(summary["accuracy_matrix"]) == 2 and summary["graft_cl"]
         md = (tmp_path / "out" / "summary.md").read_text()
@@ -80,3 +96,6 @@ def test_study_smoke_and_resume(tiny, tmp_path, monkeypatch, study, extra):
     again = json.loads(res2.stdout.strip().splitlines()[-1])
     assert json.dumps(again.get("tasks") or again.get("grafts") or again.get("accuracy_matrix"), sort_keys=True) == \
         json.dumps(summary.get("tasks") or summary.get("grafts") or summary.get("accuracy_matrix"), sort_keys=True)
+    if "stream" in summary:
+        assert {n: p["acc"]["mean"] for n, p in again["stream"]["strategies"].items()} == \
+            {n: p["acc"]["mean"] for n, p in summary["stream"]["strategies"].items()}
