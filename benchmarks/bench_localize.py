@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=None, help="examples per class for train and dev (default: the checkpoint's)")
     ap.add_argument("--option", action="append", default=[], help="METHOD.KEY=VALUE (as mtgraft graft --method-option)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--wait", type=float, default=0.0,
+                    help="seconds to wait, after the settings whose checkpoints exist, for missing ones to appear")
     ap.add_argument("--work", default=None, help="per-setting records (default: a folder in the temp dir)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
@@ -412,24 +414,40 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sig = signature(a)
     load_start, t_start = os.getloadavg(), time.perf_counter()
-    records, missing = [], []
+    records: list[dict[str, Any]] = []
+
+    def run_one(task: str, seed: int) -> None:
+        part = work / f"{task}-seed{seed}.json"
+        if part.is_file():
+            saved = json.loads(part.read_text())
+            if saved.get("signature") == sig:
+                log(f"{task} seed {seed}: reused {part}")
+                records.append(saved["record"])
+                return
+        rec = run_setting(a, task, seed, log)
+        rec["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        write_json_atomic(part, {"signature": sig, "record": rec})
+        records.append(rec)
+
+    waiting = []
     for seed in a.seeds:  # seed-major: an interrupted run still covers every task of its first seeds
         for task in a.tasks:
-            if not (checkpoint_of(a.root, seed, task) / "mtgraft.json").is_file():
-                missing.append(f"{task}/seed-{seed}")
-                log(f"skip {task} seed {seed}: no checkpoint at {checkpoint_of(a.root, seed, task)}")
-                continue
-            part = work / f"{task}-seed{seed}.json"
-            if part.is_file():
-                saved = json.loads(part.read_text())
-                if saved.get("signature") == sig:
-                    log(f"{task} seed {seed}: reused {part}")
-                    records.append(saved["record"])
-                    continue
-            rec = run_setting(a, task, seed, log)
-            rec["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-            write_json_atomic(part, {"signature": sig, "record": rec})
-            records.append(rec)
+            if (checkpoint_of(a.root, seed, task) / "mtgraft.json").is_file():
+                run_one(task, seed)
+            else:
+                waiting.append((task, seed))
+                log(f"{task} seed {seed}: no checkpoint yet at {checkpoint_of(a.root, seed, task)}")
+    deadline = time.time() + a.wait
+    while waiting and time.time() < deadline:  # checkpoints a running study has not written yet
+        ready = [(t, s) for t, s in waiting if (checkpoint_of(a.root, s, t) / "mtgraft.json").is_file()]
+        for t, s in ready:
+            waiting.remove((t, s))
+            run_one(t, s)
+        if not ready:
+            time.sleep(20)
+    missing = [f"{t}/seed-{s}" for t, s in waiting]
+    for m in missing:
+        log(f"skip {m}: no checkpoint")
     if not records:
         log("no checkpoints found: nothing measured")
         return 1
