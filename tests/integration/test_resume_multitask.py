@@ -164,3 +164,22 @@ def test_sequential_resumes_at_a_stage_boundary_and_checks_settings(setup, monke
                             show_progress=False)
     assert _payload(fresh.to_json()) == _payload(ref.to_json())
     _same_weights(s["dir"] / "ref", s["dir"] / "fresh")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy", ["ewc", "l2", "replay", "lwf", "packnet"])
+def test_every_strategy_killed_mid_stage_and_resumed_is_bit_identical(setup, strategy):
+    """``--strategy S``: SIGKILL in stage 2 (stage 1's strategy state — Fisher, buffer, masks — already kept in
+    ``stages.pt``), rerun with ``--resume``: the same metrics, strategy record and weight files as an
+    uninterrupted run."""
+    s = setup
+    extra = ["--strategy", strategy, "--replay-size", "3"]
+    ref = _run(s, _cmd(s, "sequential", s["dir"] / "ref", *extra))
+    out, state = s["dir"] / "killed", s["dir"] / "killed.resume"
+    killed = _kill_when(s, _cmd(s, "sequential", out, *extra), state / "stage-2.pt", 15)
+    assert (state / "stages.pt").is_file() and not out.exists()
+    got = _run(s, _cmd(s, "sequential", out, *extra, "--resume"))
+    assert _payload(got) == _payload(ref) and got["strategy"] == ref["strategy"]
+    assert min(_logged_steps(s, "stage_2/dev/accuracy")) > killed  # stage 2 continued mid-loop
+    _same_weights(s["dir"] / "ref", out)
+    assert not state.exists()

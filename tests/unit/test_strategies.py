@@ -353,3 +353,25 @@ def test_lwf_and_replay_refuse_several_processes(env):
         with pytest.raises(MtgraftError, match="one process"):
             make_strategy(c, model, names, train, "cpu", world_size=2)
     make_strategy(MultitaskConfig(**_args(env, env["dir"] / "two", "ewc")), model, names, train, "cpu", world_size=2)
+
+
+def test_cli_strategy_graft_keeps_a_patch_per_task_with_its_matrices(env):
+    """``train-multitask --strategy graft``: naive training, one SkillPatch per stage, and the strategy's own
+    accuracy matrices (own patch: never forgets; union of the patches so far)."""
+    out = env["dir"] / "cli-graft"
+    args = ["train-multitask", "--tasks", ",".join(env["tasks"][:2]), "--mode", "sequential", "--model", env["head"],
+            "--k", "2", "--max-test", "all", "--max-length", "32", "--batch-size", "2", "--max-steps", "4",
+            "--eval-every", "2", "--lr", "0.05", "--strategy", "graft", "--graft-sparsity", "0.01",
+            "--graft-updates", "1", "--out", str(out), "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    j = json.loads(r.stdout)
+    st = j["strategy"]
+    assert st["name"] == "graft" and st["task_identity"] is True
+    assert set(st["extra_bytes_per_task"]) == {"example_local", "tiny_topic"} and st["extra_bytes"] > 0
+    own = np.array(st["matrices"]["own"]["accuracy_matrix"], dtype=float)
+    assert own[1, 0] == own[0, 0] and st["matrices"]["own"]["continual"]["bwt"] == 0.0
+    uni = np.array(st["matrices"]["union"]["accuracy_matrix"], dtype=float)
+    assert uni[0, 0] == own[0, 0]  # the union of one patch is that patch
+    assert uni[1].tolist() == [j["graft_cl"]["per_task"][n]["union"] for n in ("example_local", "tiny_topic")]
+    assert j["graft_cl"]["per_task"]["example_local"]["own_graft"] == own[1, 0]
