@@ -77,3 +77,16 @@ def test_models_command_lists_both(tmp_path):
     rows = {r["alias"]: r for r in json.loads(res.stdout)["models"]}
     assert set(rows) == {"minilm", "smollm2"} and rows["smollm2"]["types"] == "causal"
     assert "Q4_1" in rows["smollm2"]["weights"]
+
+
+def test_smollm2_causal_has_its_own_preset_and_head_types_do_not_take_it():
+    from mtgraft.config import TrainConfig
+    from mtgraft.presets import choose
+
+    name, settings, why = choose("SmolLM2", "causal")
+    assert name == "smollm2-causal" and settings["optimizer"] == "sgd" and "docs/results-causal.md" in why
+    cfg = TrainConfig(task="rotten_tomatoes", model="smollm2", type="causal")
+    assert cfg.preset == "smollm2-causal" and cfg.lr == settings["lr"] and cfg.max_steps == settings["max_steps"]
+    assert TrainConfig(task="rotten_tomatoes", model="smollm2", type="causal", lr=0.3).lr == 0.3  # given wins
+    assert choose("smollm2", "head")[0] != "smollm2-causal"
+    assert choose("smollm2", "causal", "paper")[0] == "paper"
