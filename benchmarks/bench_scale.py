@@ -1,12 +1,12 @@
 """Scale: the embedded MiniLM (22.7M, head) and SmolLM2 (134.5M, causal) side by side.
 
-Usage: python benchmarks/bench_scale.py [--models minilm smollm2] [--task rotten_tomatoes] [--steps 40]
+Usage: python benchmarks/bench_scale.py [--models minilm smollm2] [--task rotten_tomatoes] [--steps N]
        [--sparsity 1e-5 1e-4 1e-3 1e-2] [--max-test 200] [--examples-per-update 64] [--threads 1]
        [--work DIR] [--out benchmarks/results/scale.json]
 
 Every measured thing is its own ``mtgraft`` command in a child process (``bench_graft.run_measured``: wall
 time, CPU seconds and the child's own peak RSS), per model:
-1. ``mtgraft train`` for ``--steps`` steps (the model's preset otherwise; K = 64, the same batch size and
+1. ``mtgraft train`` with the model's preset (its steps unless ``--steps``; K = 64, the same batch size and
    max length for both models so that s/step compares the models, not the settings);
 2. ``mtgraft graft --method graft`` of that checkpoint at each sparsity (default recipe ``thorough`` with
    ``--examples-per-update``, the same for both), without registering;
@@ -56,8 +56,8 @@ def measure_model(model: str, args: argparse.Namespace, work: Path, env: dict[st
     """Fine-tune, graft at each sparsity and time the overlap metrics for one model."""
     ck = work / f"{model}-ft"
     cmd = [sys.executable, "-m", "mtgraft.cli", "train", "--model", model, "--type", TYPES[model], "--task",
-           args.task, *COMMON, "--lr", str(args.lr[model]), "--max-steps", str(args.steps), "--eval-every",
-           str(args.steps), "--max-test", str(args.max_test), "--seed", "13", "--out", str(ck), "--json"]
+           args.task, *COMMON, "--lr", str(args.lr[model]),
+           *(["--max-steps", str(args.steps), "--eval-every", str(args.steps)] if args.steps else []), "--max-test", str(args.max_test), "--seed", "13", "--out", str(ck), "--json"]
     r = run_measured(cmd, env, ROOT)
     if r["rc"] != 0:
         raise RuntimeError(f"{model} fine-tuning failed: {r['stderr_tail']}")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["minilm", "smollm2"], choices=list(TYPES))
     p.add_argument("--task", default="rotten_tomatoes")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: each model's preset)")
     p.add_argument("--sparsity", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 1e-2])
     p.add_argument("--max-test", type=int, default=200)
     p.add_argument("--examples-per-update", type=int, default=64)

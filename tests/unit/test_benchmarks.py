@@ -177,3 +177,16 @@ def test_bench_localize_parent_imports_no_torch():
     r = bench_graft.run_measured([sys.executable, "-c", code])
     assert r["rc"] == 0, r["stderr_tail"]
     assert r["stdout"].strip() == "[]"
+
+
+def test_bench_scale_table_reads_its_measurements():
+    bench_scale = _load("bench_scale")
+    ft = {"s_per_step": 0.5, "peak_rss_mib": 1000.0, "wall_s": 100.0}
+    g = {"sparsity": 1e-4, "region_size": 1065, "graft_seconds": 12.5, "wall_s": 50.0, "time_ratio": 0.5,
+         "peak_rss_mib": 1100.0, "peak_ratio": 1.1, "rel": 0.25, "patch": {"bytes_per_grafted_param": 8.0}}
+    res = {"models": [{"model": "minilm", "graftable_size": 10646784, "finetune": ft, "grafts": [g],
+                       "overlap": {"k": 10647, "body": 10646784, "seconds": 0.0125}}]}
+    row = bench_scale.markdown(res).splitlines()[2]
+    assert row == ("| minilm | 10,646,784 | 0.50 | 1000 | 0.0001 | 1,065 | 12.5 | 50 / 100 = 0.50 | 1100 (1.10×) "
+                   "| 8.00 | 0.25 |")
+    assert "12.5 ms" in bench_scale.markdown(res)
