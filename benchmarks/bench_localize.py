@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=None, help="examples per class for train and dev (default: the checkpoint's)")
     ap.add_argument("--option", action="append", default=[], help="METHOD.KEY=VALUE (as mtgraft graft --method-option)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--deadline", default=None,
+                    help="UTC time HH:MM after which no new setting starts (one that would not finish by then is "
+                         "skipped, its length estimated by the settings done); the summary covers what was done")
     ap.add_argument("--wait", type=float, default=0.0,
                     help="seconds to wait, after the settings whose checkpoints exist, for missing ones to appear")
     ap.add_argument("--work", default=None, help="per-setting records (default: a folder in the temp dir)")
@@ -392,6 +395,20 @@ def pareto_plot(summary: dict[str, Any], a: argparse.Namespace, path: str) -> No
     plt.close(fig)
 
 
+def _deadline(hhmm: str | None) -> float | None:
+    """The epoch time of the next HH:MM UTC (today, or tomorrow if it has passed)."""
+    if not hhmm:
+        return None
+    import datetime as dt
+
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = dt.datetime.now(dt.timezone.utc)
+    at = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    if at <= now:
+        at += dt.timedelta(days=1)
+    return at.timestamp()
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     sig = signature(a)
     load_start, t_start = os.getloadavg(), time.perf_counter()
     records: list[dict[str, Any]] = []
+    deadline_at = _deadline(a.deadline)
+    late: list[str] = []
 
     def run_one(task: str, seed: int) -> None:
         part = work / f"{task}-seed{seed}.json"
@@ -424,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{task} seed {seed}: reused {part}")
                 records.append(saved["record"])
                 return
+        done = [r["seconds"] for r in records if "seconds" in r]
+        need = sum(done) / len(done) if done else 300.0
+        if deadline_at is not None and time.time() + need > deadline_at:
+            log(f"{task} seed {seed}: skipped, it would not finish before the deadline {a.deadline} UTC")
+            late.append(f"{task}/seed-{seed}")
+            return
         rec = run_setting(a, task, seed, log)
         rec["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         write_json_atomic(part, {"signature": sig, "record": rec})
@@ -438,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                 waiting.append((task, seed))
                 log(f"{task} seed {seed}: no checkpoint yet at {checkpoint_of(a.root, seed, task)}")
     deadline = time.time() + a.wait
+    if deadline_at is not None:
+        deadline = min(deadline, deadline_at)
     while waiting and time.time() < deadline:  # checkpoints a running study has not written yet
         ready = [(t, s) for t, s in waiting if (checkpoint_of(a.root, s, t) / "mtgraft.json").is_file()]
         for t, s in ready:
@@ -445,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             run_one(t, s)
         if not ready:
             time.sleep(20)
-    missing = [f"{t}/seed-{s}" for t, s in waiting]
+    missing = [f"{t}/seed-{s}" for t, s in waiting] + late
     for m in missing:
         log(f"skip {m}: no checkpoint")
     if not records:
