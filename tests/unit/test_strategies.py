@@ -375,3 +375,15 @@ def test_cli_strategy_graft_keeps_a_patch_per_task_with_its_matrices(env):
     assert uni[0, 0] == own[0, 0]  # the union of one patch is that patch
     assert uni[1].tolist() == [j["graft_cl"]["per_task"][n]["union"] for n in ("example_local", "tiny_topic")]
     assert j["graft_cl"]["per_task"]["example_local"]["own_graft"] == own[1, 0]
+
+
+@pytest.mark.parametrize("strategy", ["lwf", "replay", "packnet"])
+def test_strategies_run_on_a_prompt_model(env, strategy):
+    """``prompt`` models share the LM head: LwF distils each earlier task's label words read at the current
+    input's mask; replay reads each buffered example through its own template; PackNet masks the body alike."""
+    if "prompt" not in env:
+        env["prompt"] = make_tiny_model("prompt", env["dir"] / "prompt", seed=5)
+    r = train_multitask(MultitaskConfig(**_args(env, env["dir"] / f"prompt-{strategy}", strategy, model=env["prompt"],
+                                                type="prompt", max_steps=4, replay_size=3)), show_progress=False)
+    R = np.array(r.accuracy_matrix, dtype=float)
+    assert R.shape == (2, 2) and np.isfinite(R).all() and r.strategy["name"] == strategy
