@@ -146,11 +146,16 @@ bench_localize = _load("bench_localize")
 
 
 def _record(task: str, seed: int, rel_topk: float, rel_x: float, learned: bool = True) -> dict:
-    rows = [{"method": m, "sparsity": s, "rel": r, "select_seconds": t, "peak_mib_above_start": 10.0}
+    """A setting with P0 = 0.5, P1 = 0.7 (gain 0.2), top-k and graft at rel_topk, x at rel_x."""
+    p0, gain = 0.5, 0.2
+    rows = [{"method": m, "sparsity": s, "rel": r, "accuracy": p0 + r * gain, "select_seconds": t,
+             "peak_mib_above_start": 10.0}
             for s in (1e-4, 1e-3) for m, r, t in (("topk", rel_topk, 0.1), ("x", rel_x, 1.0), ("graft", rel_topk, 2.0))]
-    diff = [round(rel_x - rel_topk + 0.01 * ((i % 5) - 2), 5) for i in range(200)]
+    jitter = [0.002 * ((i % 5) - 2) for i in range(200)]
     return {"task": task, "seed": seed, "learned_clearly": learned, "rows": rows,
-            "rel_diff_samples": {f"{m}@{s:g}": diff if m == "x" else [0.0] * 200
+            "pretrained": {"accuracy": p0}, "finetuned": {"accuracy": p0 + gain},
+            "gain_samples": [gain + j for j in jitter],
+            "acc_diff_samples": {f"{m}@{s:g}": [(rel_x - rel_topk) * gain + j if m == "x" else 0.0 for j in jitter]
                                  for s in (1e-4, 1e-3) for m in ("x", "graft")}}
 
 
@@ -163,7 +168,9 @@ def test_bench_localize_goal_needs_the_difference_and_both_intervals():
     assert g["x"]["met"] and g["x"]["met_including_time"]  # 1.0 s a region, the default 2.0 s
     row = next(r for r in summ["all"]["rows"] if (r["method"], r["sparsity"]) == ("x", 1e-4))
     assert row["vs_topk"]["mean_diff"] > 0.1 and row["vs_topk"]["ci95"][0] > 0
+    assert row["vs_topk"]["pooled_diff"] == pytest.approx((0.25 + 0.2 + 0.22 + 0.15) / 4)  # equal gains
     assert row["vs_topk"]["pooled_bootstrap_ci95"][0] > 0
+    assert row["rel_pooled"] == pytest.approx((0.45 + 0.5 + 0.32 + 0.4) / 4)
     assert not g["graft"]["met"]  # no difference at all
     assert summ["learned_clearly"]["settings"] == ["a/seed-13", "a/seed-21", "b/seed-13"]
     small = [_record("a", 13, 0.2, 0.25), _record("a", 21, 0.3, 0.35), _record("b", 13, 0.1, 0.15)]
