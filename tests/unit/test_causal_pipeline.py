@@ -23,7 +23,7 @@ def env(tmp_path_factory, mlflow_db_template):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         mp.chdir(d)
         appmod._register()
-        yield {"dir": d, "model": make_tiny_model("causal", d / "llama", seed=5),
+        yield {"dir": d, "uri": f"sqlite:///{db}", "model": make_tiny_model("causal", d / "llama", seed=5),
                "tasks": [example_task_yaml(), write_topic_task(d / "topic")]}
 
 
@@ -37,7 +37,8 @@ def _train(env, mode: str, *extra: str, name: str | None = None) -> str:
     out = env["dir"] / (name or mode)
     _run(["train-multitask", "--tasks", ",".join(env["tasks"]), "--mode", mode, "--model", env["model"],
           "--type", "causal", "--k", "2", "--max-test", "all", "--max-length", "32", "--batch-size", "4",
-          "--max-steps", "3", "--eval-every", "3", "--lr", "0.05", "--out", str(out), *extra])
+          "--max-steps", "3", "--eval-every", "3", "--lr", "0.05", "--out", str(out), "--tracking-uri", env["uri"],
+          *extra])
     return str(out)
 
 
@@ -46,14 +47,14 @@ def test_joint_causal_graft_registry_apply_and_report(env):
     model, meta = load_checkpoint(ck)
     assert meta.model_type == "causal" and meta.mode == "joint" and not list(model.heads)  # the LM head, shared
     g = _run(["graft", "--finetuned", ck, "--all-tasks", "--sparsity", "1e-2", "--method", "graft,topk",
-              "--recipe", "fast", "--updates", "2", "--out", str(env["dir"] / "g")])
+              "--recipe", "fast", "--updates", "2", "--out", str(env["dir"] / "g"), "--tracking-uri", env["uri"]])
     results = g["tasks"] if "tasks" in g else g["results"]
     assert len(results) == 2
-    rows = _run(["masks", "list"])["masks"]
+    rows = _run(["masks", "list", "--tracking-uri", env["uri"]])["masks"]
     names = {r["task"] for r in rows}
     assert names == {"example_local", "tiny_topic"}
     applied = _run(["masks", "apply", "example_local@latest", "tiny_topic@latest", "--to", env["model"],
-                    "--out", str(env["dir"] / "stitched")])
+                    "--out", str(env["dir"] / "stitched"), "--tracking-uri", env["uri"]])
     assert applied["checkpoint"] == str(env["dir"] / "stitched")
     m2, meta2 = load_checkpoint(env["dir"] / "stitched")
     assert meta2.model_type == "causal" and set(m2.tasks) == {"example_local", "tiny_topic"}
