@@ -402,6 +402,17 @@ def _hard(S: torch.Tensor, k: int, tiebreak: torch.Tensor) -> tuple[torch.Tensor
     return pos, 0.5 * (float(S[inside].min()) + float(S[~inside].max()))
 
 
+def _mean_loss_backward(space: GraftSpace, theta: torch.Tensor, batches: list[dict[str, Any]]) -> float:
+    """The task loss at ``theta`` averaged over ``batches``; its gradient is accumulated into ``theta.grad``
+    (one backward pass per batch)."""
+    total = 0.0
+    for batch in batches:
+        loss = torch.nn.functional.cross_entropy(space.forward(theta, batch).float(), batch["labels"]) / len(batches)
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
 def ste_objective_and_grad(space: GraftSpace, S: torch.Tensor, cand: torch.Tensor, k: int, temperature: float,
                            batches: list[dict[str, Any]]) -> tuple[float, torch.Tensor]:
     """graft-ste's forward and backward: the task loss of the hard region (the top k of S, exactly k entries)
@@ -412,11 +423,7 @@ def ste_objective_and_grad(space: GraftSpace, S: torch.Tensor, cand: torch.Tenso
     hard = torch.zeros_like(S)
     hard[pos] = 1.0
     theta = space.pre.index_add(0, cand, hard * delta_c).requires_grad_(True)
-    total = 0.0
-    for batch in batches:
-        loss = torch.nn.functional.cross_entropy(space.forward(theta, batch).float(), batch["labels"]) / len(batches)
-        loss.backward()
-        total += float(loss.detach())
+    total = _mean_loss_backward(space, theta, batches)
     sig = torch.sigmoid((S - tau) / temperature)
     return total, theta.grad[cand] * delta_c * sig * (1 - sig) / temperature
 
@@ -429,11 +436,7 @@ def stitch_objective_and_grad(space: GraftSpace, S: torch.Tensor, cand: torch.Te
     delta_c = space.delta[cand]
     sig = torch.sigmoid(S)
     theta = space.pre.index_add(0, cand, sig * delta_c).requires_grad_(True)
-    total = 0.0
-    for batch in batches:
-        loss = torch.nn.functional.cross_entropy(space.forward(theta, batch).float(), batch["labels"]) / len(batches)
-        loss.backward()
-        total += float(loss.detach())
+    total = _mean_loss_backward(space, theta, batches)
     total += l1 * float(sig.sum()) / k
     return total, (theta.grad[cand] * delta_c + l1 / k) * sig * (1 - sig)
 

@@ -141,9 +141,8 @@ def _convert_gguf(m: EmbeddedModel, src: Path, final: Path) -> None:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    for key in ("quantization_config",):
-        if hasattr(config, key):
-            delattr(config, key)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     config.dtype = torch.float32
     # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
