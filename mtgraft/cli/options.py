@@ -100,7 +100,7 @@ def training_options(
     freeze_embeddings: bool = typer.Option(True, "--freeze-embeddings/--no-freeze-embeddings", rich_help_panel=MODEL),
     freeze_head: bool = typer.Option(True, "--freeze-head/--no-freeze-head", help="Freeze the LM head (prompt/causal) and the pretrained pooler a head reads (--pooling pooler).", rich_help_panel=MODEL),
     bias_only: bool = typer.Option(False, "--bias-only", help="BitFit: train biases only (+ task heads).", rich_help_panel=MODEL),
-    l1_to_pretrained: float = typer.Option(0.0, "--l1-to-pretrained", help="lambda of an L1 penalty ||theta - theta_pre||_1.", rich_help_panel=OPT),
+    l1_to_pretrained: float = typer.Option(0.0, "--l1-to-pretrained", help="lambda of an L1 pull lambda*||theta - theta_pre||_1 on the body (proximal: each step soft-thresholds the movement by lr*lambda, so unneeded entries stay exactly pretrained).", rich_help_panel=OPT),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda.", rich_help_panel=MODEL),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (mixed precision).", rich_help_panel=MODEL),
 ) -> None:

@@ -94,11 +94,6 @@ class DistContext:
             return nn.functional.cross_entropy(logits.float(), labels)
         return nn.functional.cross_entropy(logits.float(), labels, reduction="sum") * (self.world_size / n_global)
 
-    def grad_scale(self) -> float:
-        """The fp16 gradient scaler's current factor (1.0 without one): gradients are this many times too large."""
-        scaler = self.accelerator.scaler
-        return float(scaler.get_scale()) if scaler is not None else 1.0
-
     def predict(self, model: nn.Module, enc: Encoded, device: torch.device) -> np.ndarray:
         """``predict_probs`` of ``model`` on ``enc``; when active each process predicts its share and all gather.
 

@@ -81,6 +81,30 @@ class BatchStream:
         self.pos = s["pos"]
 
 
+class L1Pull:
+    """The proximal step of an L1 pull λ·‖θ − θ_0‖₁ on the graftable body (docs/method.md §1, "Localisable fine-tuning").
+
+    θ_0 is the body when the pull is built (the pretrained model; a sequential stage's start). After each optimiser
+    step every body entry is soft-thresholded towards θ_0 by lr·λ (its parameter group's current learning rate):
+    θ ← θ_0 + sign(θ − θ_0)·max(|θ − θ_0| − lr·λ, 0). This is proximal gradient descent on the penalty: unlike adding
+    λ·sign(θ − θ_0) to the gradient, entries the task does not need end exactly at θ_0 (δ = 0), and the pull is
+    outside gradient clipping, so it never shrinks the task's gradient. Task heads are not pulled (they start
+    random, not pretrained).
+    """
+
+    def __init__(self, model: TaskModel, optimizer: torch.optim.Optimizer, lam: float) -> None:
+        body = {id(p) for n, p in model.named_parameters() if n in set(model.graftable_names())}
+        self.lam = float(lam)
+        self.entries = [(p, p.detach().clone(), g) for g in optimizer.param_groups for p in g["params"]
+                        if id(p) in body and p.requires_grad]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, p0, group in self.entries:
+            d = p - p0
+            p.copy_(p0 + torch.sign(d) * (d.abs() - group["lr"] * self.lam).clamp_min_(0))
+
+
 def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dict[str, float]], *,
                optimizer: torch.optim.Optimizer, max_steps: int, eval_every: int, grad_clip: float,
                device: torch.device, precision: str = "fp32", l1_to_pretrained: float = 0.0,
@@ -111,9 +135,7 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
     net, opt = dist.prepare(model, optimizer)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in trainable]
-    pre = None
-    if l1_to_pretrained > 0:
-        pre = [p.detach().clone() for p in params]
+    pull = L1Pull(model, optimizer, l1_to_pretrained) if l1_to_pretrained > 0 else None  # anchored before a resume
     st = state or {}
     if resumer is not None and resume:
         saved = resumer[0].load(resumer[1], resumer[2])
@@ -154,15 +176,11 @@ def train_loop(model: TaskModel, stream: BatchStream, dev_eval: Callable[[], dic
                 loss = loss + extra
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)  # fp16: scaled by the gradient scaler
-        if pre is not None:
-            alpha = l1_to_pretrained * dist.grad_scale()  # the gradients are still scaled here
-            with torch.no_grad():
-                for p, p0 in zip(params, pre, strict=True):
-                    if p.grad is not None:
-                        p.grad.add_(torch.sign(p - p0), alpha=alpha)
         if grad_clip > 0:
             acc.clip_grad_norm_(params, grad_clip)  # unscales first (fp16)
         opt.step()  # fp16: skipped when the scaled gradients overflowed; the scale then shrinks
+        if pull is not None:
+            pull.step()
         if after_step is not None:
             after_step(step)
         train_time += time.perf_counter() - t0

@@ -67,6 +67,47 @@ def test_training_moves_only_trainable_parts(tiny_models, tmp_path):
     assert all(n.endswith(".bias") for n in moved), moved  # BitFit: embeddings frozen, only biases move
 
 
+def test_l1_pull_soft_thresholds_the_body_and_leaves_heads(tiny_models):
+    """One proximal step: body entries move to theta_0 + sign(d)·max(|d| − lr·λ, 0); the task head is not pulled."""
+    import torch
+
+    from mtgraft.models import build_task_model
+    from mtgraft.training.loop import L1Pull
+
+    model = build_task_model(tiny_models["head"], "head", [get_task(example_task_yaml())])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pull = L1Pull(model, opt, lam=0.5)  # threshold lr·λ = 0.05
+    body = dict(model.named_parameters())[model.graftable_names()[0]]
+    head_name = next(n for n, _ in model.named_parameters() if n.startswith("heads."))
+    head = dict(model.named_parameters())[head_name]
+    b0, h0 = body.detach().clone(), head.detach().clone()
+    d = torch.linspace(-0.2, 0.2, body.numel()).reshape(body.shape)
+    with torch.no_grad():
+        body.add_(d)
+        head.add_(0.01)
+    pull.step()
+    want = b0 + torch.where(d.abs() > 0.05, d - 0.05 * torch.sign(d), torch.zeros_like(d))
+    assert torch.allclose(body.detach(), want, atol=1e-6)
+    assert int((body.detach() == b0).sum()) == int((d.abs() <= 0.05).sum()) > 0  # exactly pretrained there
+    assert torch.equal(head.detach(), h0 + 0.01)
+
+
+def test_l1_to_pretrained_training_moves_fewer_body_entries(tiny_models, tmp_path):
+    """Training with the pull leaves more of the body exactly at its pretrained values than without it."""
+    from mtgraft.models import build_task_model
+
+    pre = build_task_model(tiny_models["head"], "head", [get_task(example_task_yaml())])
+    pp = dict(pre.named_parameters())
+    moved = {}
+    for lam in (0.0, 0.05):
+        cfg = TrainConfig(task=example_task_yaml(), model=tiny_models["head"], k=2, max_steps=4, eval_every=4,
+                          batch_size=2, lr=0.5, max_length=32, out=str(tmp_path / f"ck{lam}"), l1_to_pretrained=lam)
+        ft, _ = load_checkpoint(train(cfg, show_progress=False).checkpoint)
+        fp = dict(ft.named_parameters())
+        moved[lam] = sum(int((fp[n].detach() != pp[n].detach()).sum()) for n in ft.graftable_names())
+    assert moved[0.0] > 0 and moved[0.05] < moved[0.0] / 2, moved
+
+
 def _cli(args, tmp_path):
     from mtgraft.cli import app as appmod
 
