@@ -226,7 +226,8 @@ def _candidate_set(ctx: SelectContext, cand_factor: float | None) -> tuple[torch
     are the first k and the first m = c·k >= k entries of one selection order (so base ⊆ candidates);
     without ``cand_factor`` every graftable entry is a candidate."""
     space, k, dev = ctx.space, ctx.k, ctx.space.device
-    scores, mags = base_scores(ctx), space.delta.abs()
+    scores = base_scores(ctx)
+    mags = scores if ctx.settings.get("init", "movement") == "movement" else space.delta.abs()  # |delta| once
     base_idx = topk_indices(scores, k, mags)
     if cand_factor:
         m = min(space.numel, max(k, int(math.ceil(float(cand_factor) * k))))
@@ -263,7 +264,7 @@ def learn_graft(ctx: SelectContext) -> Selection:
     if ctx.train is None or len(ctx.train) == 0:
         raise MtgraftError("the learned graft needs training examples")
     dev = space.device
-    cand, base_c, _ = _candidate_set(ctx, cand_factor)
+    cand, base_c = _candidate_set(ctx, cand_factor)[:2]  # the scores (full size) are not kept
     delta_c = space.delta[cand]
     mags_c = delta_c.abs()
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -333,12 +334,8 @@ def grad_S_closed_form(space: GraftSpace, S: torch.Tensor, cand: torch.Tensor, b
     delta_c = space.delta[cand]
     sig = torch.sigmoid(S - b)
     gamma = base_c + (1 - 2 * base_c) * sig
-    theta = space.pre.index_add(0, cand, gamma * delta_c).requires_grad_(True)
-    for batch in batches:
-        logits = space.forward(theta, batch)
-        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"]) / len(batches)
-        loss.backward()
-    return theta.grad[cand] * delta_c * (1 - 2 * base_c) * sig * (1 - sig)
+    _, g = space.loss_and_grad(cand, gamma * delta_c, batches)  # dL/dtheta at the candidates
+    return g * delta_c * (1 - 2 * base_c) * sig * (1 - sig)
 
 
 def grad_S_reference(space: GraftSpace, S: torch.Tensor, base: torch.Tensor, b: float,
@@ -402,17 +399,6 @@ def _hard(S: torch.Tensor, k: int, tiebreak: torch.Tensor) -> tuple[torch.Tensor
     return pos, 0.5 * (float(S[inside].min()) + float(S[~inside].max()))
 
 
-def _mean_loss_backward(space: GraftSpace, theta: torch.Tensor, batches: list[dict[str, Any]]) -> float:
-    """The task loss at ``theta`` averaged over ``batches``; its gradient is accumulated into ``theta.grad``
-    (one backward pass per batch)."""
-    total = 0.0
-    for batch in batches:
-        loss = torch.nn.functional.cross_entropy(space.forward(theta, batch).float(), batch["labels"]) / len(batches)
-        loss.backward()
-        total += float(loss.detach())
-    return total
-
-
 def ste_objective_and_grad(space: GraftSpace, S: torch.Tensor, cand: torch.Tensor, k: int, temperature: float,
                            batches: list[dict[str, Any]]) -> tuple[float, torch.Tensor]:
     """graft-ste's forward and backward: the task loss of the hard region (the top k of S, exactly k entries)
@@ -422,10 +408,9 @@ def ste_objective_and_grad(space: GraftSpace, S: torch.Tensor, cand: torch.Tenso
     pos, tau = _hard(S, k, delta_c.abs())
     hard = torch.zeros_like(S)
     hard[pos] = 1.0
-    theta = space.pre.index_add(0, cand, hard * delta_c).requires_grad_(True)
-    total = _mean_loss_backward(space, theta, batches)
+    total, g = space.loss_and_grad(cand, hard * delta_c, batches)
     sig = torch.sigmoid((S - tau) / temperature)
-    return total, theta.grad[cand] * delta_c * sig * (1 - sig) / temperature
+    return total, g * delta_c * sig * (1 - sig) / temperature
 
 
 def stitch_objective_and_grad(space: GraftSpace, S: torch.Tensor, cand: torch.Tensor, k: int, l1: float,
@@ -435,10 +420,9 @@ def stitch_objective_and_grad(space: GraftSpace, S: torch.Tensor, cand: torch.Te
     the budget), and its gradient in closed form from one backward pass per batch."""
     delta_c = space.delta[cand]
     sig = torch.sigmoid(S)
-    theta = space.pre.index_add(0, cand, sig * delta_c).requires_grad_(True)
-    total = _mean_loss_backward(space, theta, batches)
+    total, g = space.loss_and_grad(cand, sig * delta_c, batches)
     total += l1 * float(sig.sum()) / k
-    return total, (theta.grad[cand] * delta_c + l1 / k) * sig * (1 - sig)
+    return total, (g * delta_c + l1 / k) * sig * (1 - sig)
 
 
 def _adam_mask_learner(ctx: SelectContext, S0: torch.Tensor, cand: torch.Tensor,
@@ -514,7 +498,7 @@ def learn_graft_ste(ctx: SelectContext) -> Selection:
     ``temperature_end``, ``init_margin`` and the shared ``updates``, ``examples_per_update``, ``batch_size``,
     ``candidates``, ``patience``, ``init``."""
     s = ctx.settings
-    cand, base_c, _ = _candidate_set(ctx, s.get("candidates"))
+    cand, base_c = _candidate_set(ctx, s.get("candidates"))[:2]
     margin = float(s.get("init_margin", 1.0))
     t0, t1 = float(s.get("temperature_start", 1.0)), float(s.get("temperature_end", 0.1))
     k = min(ctx.k, cand.numel())
@@ -530,7 +514,7 @@ def learn_stitch_l1(ctx: SelectContext) -> Selection:
     and −b elsewhere (``sigmoid_bias`` b), Adam steps on task loss + ``l1``·sum sigmoid(S)/k, then the top k of
     sigmoid(S) (strict budget; the paper's own binarisation). Shared settings as graft-ste."""
     s = ctx.settings
-    cand, base_c, _ = _candidate_set(ctx, s.get("candidates"))
+    cand, base_c = _candidate_set(ctx, s.get("candidates"))[:2]
     b, l1 = float(s.get("sigmoid_bias", 3.0)), float(s.get("l1", 1e-3))
     k = min(ctx.k, cand.numel())
 

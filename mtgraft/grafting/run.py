@@ -362,7 +362,6 @@ class Reference:
 
     pretrained: Measured
     finetuned: Measured
-    theta_ft: torch.Tensor
     boot: Bootstrap | None = None  # the shared test resamples (docs/method.md §3, "Uncertainty of one run")
 
     def add_rel(self, m: dict[str, Any]) -> None:
@@ -384,15 +383,14 @@ def reference_metrics(inputs: GraftInputs, seed: int = 0) -> Reference:
     """Measure the fine-tuned model, then the pretrained one against its predictions; draw the paired
     bootstrap's resamples (seeded by ``seed``) and add the intervals, the fine-tuning gain P_1 − P_0 included
     (``finetuned.gain``, ``gain_ci95``, ``gain_p``)."""
-    theta_ft = inputs.space.pre + inputs.space.delta
     space = inputs.space  # both ends are known by content: their predictions are cached
     key = {"what": "graft-reference", "base": space.base_hash, "context": space.context_hash,
            "finetuned": space.finetuned_hash, "head": tensors_digest(inputs.head),
            **model_key(space.model, inputs.spec.name), **runtime_key(space.device)}
-    ft = measure(inputs, theta_ft, cache_key={**key, "end": "finetuned"})
+    ft = measure(inputs, space.pre + space.delta, cache_key={**key, "end": "finetuned"})  # freed after
     pre = measure(inputs, inputs.space.pre.clone(), ft.preds, cache_key={**key, "end": "pretrained"})
     ft.metrics["agreement"] = 1.0
-    ref = Reference(pre, ft, theta_ft)
+    ref = Reference(pre, ft)
     ref.add_rel(pre.metrics)
     ref.add_rel(ft.metrics)
     labels = {"test": inputs.test.labels, **{o: e.labels for o, e in inputs.ood.items()}}
@@ -544,7 +542,7 @@ def write_patch(cfg: GraftConfig, meta: CheckpointMeta, inputs: GraftInputs, ref
         # folder is in results.json and the run's tag mtgraft.finetuned
         "finetuned": {"hash": space.finetuned_hash, "mlflow_run_id": meta.mlflow_run_id, "mode": meta.mode},
     }
-    patch = SkillPatch.from_flat_values(idx.numpy(), ref.theta_ft[idx.to(space.device)].cpu(), inputs.head, header)
+    patch = SkillPatch.from_flat_values(idx.numpy(), space.finetuned_values(idx).cpu(), inputs.head, header)
     path = folder / f"{safe_name(spec.name)}-{mname}-s{sparsity:g}.skillpatch.safetensors"
     patch.save(path)
     region_picture(patch, picture_path(path))  # where the region sits, shown beside the patch in MLflow

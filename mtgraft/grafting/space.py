@@ -53,9 +53,11 @@ class GraftSpace:
                 raise MtgraftError(f"shape mismatch for {n}: fine-tuned {tuple(ft[n].shape)} vs pretrained "
                                    f"{tuple(pre[n].shape)}")
         base_hash, ft_hash = pretrained.base_hash(), finetuned.base_hash()
+        shapes, sizes = [tuple(ft[n].shape) for n in names], [ft[n].numel() for n in names]
         with torch.no_grad():
-            pre_flat = torch.cat([pre[n].detach().reshape(-1).float() for n in names])
-            ft_flat = torch.cat([ft[n].detach().reshape(-1).float() for n in names])
+            pre_flat = torch.cat([pre[n].detach().reshape(-1).float() for n in names]).to(device)
+            delta = torch.cat([ft[n].detach().reshape(-1).float() for n in names]).to(device)
+            delta.sub_(pre_flat)  # in place: no third full-size vector
             graftable = set(names)
             for n, p in finetuned.named_parameters():
                 if n not in graftable and not n.startswith("heads.") and n in pre:
@@ -64,8 +66,11 @@ class GraftSpace:
             p.requires_grad_(False)
         finetuned.eval()
         finetuned.to(device)
-        return cls(finetuned, names, [tuple(ft[n].shape) for n in names], [ft[n].numel() for n in names],
-                   pre_flat.to(device), (ft_flat - pre_flat).to(device), base_hash, device,
+        # every forward pass supplies the graftable tensors (functional_call), so the working model's own body
+        # is never read: point it at theta_pre (views, no storage of their own) and free the fine-tuned copy
+        for n, t in zip(names, torch.split(pre_flat, sizes), strict=True):
+            ft[n].data = t.view(ft[n].shape) if ft[n].dtype == t.dtype else t.view(ft[n].shape).to(ft[n].dtype)
+        return cls(finetuned, names, shapes, sizes, pre_flat, delta, base_hash, device,
                    context_hash=pretrained.context_hash(), finetuned_hash=ft_hash)
 
     # -- parameters -----------------------------------------------------------------------------
@@ -79,6 +84,43 @@ class GraftSpace:
         idx = idx.to(self.device)
         theta[idx] += self.delta[idx] if scale == 1.0 else scale * self.delta[idx]
         return theta
+
+    def finetuned_values(self, idx: torch.Tensor) -> torch.Tensor:
+        """theta_pre + delta at the flat indices ``idx`` (the fine-tuned values a patch stores)."""
+        idx = idx.to(self.device)
+        return self.pre[idx] + self.delta[idx]
+
+    def candidate_params(self, cand: torch.Tensor, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The graftable tensors theta_pre + ``values`` on the sorted flat indices ``cand``, built tensor by tensor:
+        a tensor with no candidate is a view of theta_pre (no copy, no gradient). A backward pass from them
+        reaches ``values`` (m entries) without a full-size gradient vector: each tensor's gradient is gathered
+        at its candidates and freed. The same floats as ``params(theta_pre.index_add(0, cand, values))``."""
+        offs = torch.as_tensor(np.append(self.offsets(), self.numel), device=cand.device)
+        bounds = torch.searchsorted(cand, offs).tolist()
+        out = {}
+        for i, (n, t, shape) in enumerate(zip(self.names, torch.split(self.pre, self.sizes), self.shapes, strict=True)):
+            lo, hi = bounds[i], bounds[i + 1]
+            if lo == hi:
+                out[n] = t.view(shape)
+            else:
+                out[n] = t.index_add(0, cand[lo:hi] - int(offs[i]), values[lo:hi]).view(shape)
+        return out
+
+    def loss_and_grad(self, cand: torch.Tensor, values: torch.Tensor,
+                      batches: list[dict[str, Any]]) -> tuple[float, torch.Tensor]:
+        """The task loss at theta_pre + ``values`` on ``cand`` (sorted flat indices), averaged over ``batches``, and
+        its gradient with respect to ``values``: equal to ``theta.grad[cand]`` of a full-size leaf theta (one
+        backward pass per batch, summed in the same order) at a fraction of the memory."""
+        u = values.detach().clone().requires_grad_(True)
+        total = 0.0
+        for batch in batches:
+            params = self.candidate_params(cand, u)
+            logits = functional_call(self.model, params, args=(), kwargs=model_inputs(batch))
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"]) / len(batches)
+            loss.backward()
+            total += float(loss.detach())
+        assert u.grad is not None
+        return total, u.grad
 
     def forward(self, theta: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """Logits of the working model with graftable parameters ``theta``."""
@@ -127,6 +169,22 @@ def budget_k(sparsity: float, numel: int) -> int:
     return k
 
 
+def kth_largest(s: torch.Tensor, k: int, chunk: int = 1 << 22) -> torch.Tensor:
+    """The k-th largest value of the flat ``s`` (1 <= k <= numel), exactly; found chunk by chunk so that no
+    full-size (value, index) copy is made (``torch.topk`` over all of a 100M-entry body at k = 1M allocates
+    over a gigabyte). Every one of the k largest values is among its own chunk's k largest, so the k largest
+    of the chunks' k largest are the k largest overall."""
+    if s.numel() <= chunk:
+        return torch.topk(s, k, sorted=False).values.min()
+    best: torch.Tensor | None = None
+    for part in torch.split(s, chunk):
+        top = torch.topk(part, min(k, part.numel()), sorted=False).values
+        pool = top if best is None else torch.cat([best, top])
+        best = torch.topk(pool, min(k, pool.numel()), sorted=False).values if pool.numel() > k else pool
+    assert best is not None and best.numel() == k
+    return best.min()
+
+
 def topk_indices(scores: torch.Tensor, k: int, tiebreak: torch.Tensor | None = None) -> torch.Tensor:
     """Sorted flat indices of the first ``k`` entries in the selection order (global, not per tensor).
 
@@ -139,8 +197,10 @@ def topk_indices(scores: torch.Tensor, k: int, tiebreak: torch.Tensor | None = N
     n = scores.numel()
     if k >= n:
         return torch.arange(n, device=scores.device)
-    s = torch.nan_to_num(scores.detach().reshape(-1), nan=-math.inf)
-    cut = torch.topk(s, k, sorted=False).values.min()  # the k-th largest value: the same wherever it is computed
+    s = scores.detach().reshape(-1)
+    if bool(torch.isnan(s).any()):
+        s = torch.nan_to_num(s, nan=-math.inf)
+    cut = kth_largest(s, k)  # the k-th largest value: the same wherever it is computed
     above = torch.nonzero(s > cut).reshape(-1)
     tied = torch.nonzero(s == cut).reshape(-1)  # ascending flat index
     need = k - above.numel()

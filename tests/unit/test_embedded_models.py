@@ -8,7 +8,13 @@ import pytest
 
 from mtgraft.errors import MtgraftError
 from mtgraft.models import embedded
-from mtgraft.models.embedded import EMBEDDED, embedded_model, pretrained_record, provenance_of, provenance_tags
+from mtgraft.models.embedded import (
+    EMBEDDED,
+    embedded_model,
+    pretrained_record,
+    provenance_of,
+    provenance_tags,
+)
 from mtgraft.models.loading import MODEL_ALIASES, resolve_model_path
 
 

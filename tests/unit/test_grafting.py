@@ -69,6 +69,31 @@ def _graft(tiny, out, **kw):
     return run_graft(cfg, show_progress=False)[0]
 
 
+def test_candidate_gradient_equals_the_full_leaf_gradient_bit_for_bit(tiny):
+    """GraftSpace.loss_and_grad (per-tensor, no full-size gradient) gives exactly theta.grad[cand] of a full
+    leaf theta = theta_pre.index_add(cand, values) over several batches, and the same loss; the working model's
+    body holds theta_pre as views (no copy of its own)."""
+    space, _ = _space(tiny)
+    spec = get_task(example_task_yaml())
+    enc = encode_examples(space.model, spec.name, make_splits(spec, 2, 13, None).train, 32)
+    batches = space.batches(enc, 2)
+    assert len(batches) >= 2
+    gen = torch.Generator().manual_seed(5)
+    cand = torch.sort(torch.randperm(space.numel, generator=gen)[: space.numel // 7]).values
+    values = torch.randn(cand.numel(), generator=gen) * 0.01
+    theta = space.pre.index_add(0, cand, values).requires_grad_(True)
+    want_loss = 0.0
+    for b in batches:
+        loss = torch.nn.functional.cross_entropy(space.forward(theta, b).float(), b["labels"]) / len(batches)
+        loss.backward()
+        want_loss += float(loss.detach())
+    got_loss, g = space.loss_and_grad(cand, values, batches)
+    assert torch.equal(g, theta.grad[cand]) and got_loss == want_loss
+    assert bool(g.abs().sum() > 0)
+    body = dict(space.model.named_parameters())[space.names[0]]
+    assert body.data_ptr() == space.pre.data_ptr()
+
+
 def test_same_seed_same_patch_bit_for_bit(tiny):
     a = _graft(tiny, tiny["dir"] / "g1", method=["graft"])
     b = _graft(tiny, tiny["dir"] / "g2", method=["graft"])

@@ -15,8 +15,8 @@ from mtgraft.grafting.methods import (
     MaskAdam,
     SelectContext,
     get_method,
-    stitch_objective_and_grad,
     ste_objective_and_grad,
+    stitch_objective_and_grad,
     task_gradients,
 )
 from mtgraft.grafting.space import GraftSpace, budget_k, topk_indices
