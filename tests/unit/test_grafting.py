@@ -69,6 +69,16 @@ def _graft(tiny, out, **kw):
     return run_graft(cfg, show_progress=False)[0]
 
 
+@pytest.mark.parametrize("n,k,chunk", [(1000, 1, 64), (1000, 999, 64), (10007, 123, 1000), (5000, 4000, 333),
+                                         (300, 7, 1024)])
+def test_kth_largest_chunk_by_chunk_is_exact(n, k, chunk):
+    """The chunked k-th largest value equals torch.topk's over the whole vector (many ties: integer values)."""
+    from mtgraft.grafting.space import kth_largest
+
+    s = torch.randint(0, 50, (n,), generator=torch.Generator().manual_seed(n + k)).float()
+    assert kth_largest(s, k, chunk=chunk) == torch.topk(s, k).values.min()
+
+
 def test_candidate_gradient_equals_the_full_leaf_gradient_bit_for_bit(tiny):
     """GraftSpace.loss_and_grad (per-tensor, no full-size gradient) gives exactly theta.grad[cand] of a full
     leaf theta = theta_pre.index_add(cand, values) over several batches, and the same loss; the working model's
