@@ -29,6 +29,8 @@ from pydantic import Field, field_validator
 
 from mtgraft.config import BaseConfig
 from mtgraft.errors import MtgraftError
+from mtgraft.evaluation.uncertainty import aggregate as aggregate_values
+from mtgraft.evaluation.uncertainty import compare_over_seeds
 from mtgraft.utils import write_json
 
 METRICS = ("acc", "bwt", "fwt", "forgetting_final", "forgetting_max")
@@ -200,19 +202,6 @@ def _graft_cell(study: Any, sc: StreamConfig, order: list[str], seed: int, k: in
     return {"cells": recs}, [str(folder / "cell.json")]
 
 
-def _interval(xs: list[float]) -> dict[str, Any]:
-    from scipy import stats
-
-    a = np.array([x for x in xs if x is not None and math.isfinite(x)], dtype=float)
-    if len(a) == 0:
-        return {"mean": None, "ci95": None, "n": 0, "sd": None}
-    if len(a) == 1:
-        return {"mean": float(a[0]), "ci95": None, "n": 1, "sd": None}
-    sd = float(a.std(ddof=1))
-    h = float(stats.t.ppf(0.975, len(a) - 1) * sd / math.sqrt(len(a)))
-    return {"mean": float(a.mean()), "ci95": [float(a.mean() - h), float(a.mean() + h)], "n": len(a), "sd": sd}
-
-
 def aggregate(cells: list[dict[str, Any]], sc: StreamConfig, orders: list[list[str]],
               tasks: list[str]) -> dict[str, Any]:
     """Per strategy: metric means with 95% t-intervals over cells; mean matrix by position; storage; compute."""
@@ -232,20 +221,41 @@ def aggregate(cells: list[dict[str, Any]], sc: StreamConfig, orders: list[list[s
                 by_task[t].append(c["accuracy_matrix"][-1][i])
         per[s] = {
             "n_cells": len(cs), "cells": [f"s{c['seed']}-o{c['order_index'] + 1}" for c in cs],
-            **{m: _interval([c["continual"].get(m) for c in cs]) for m in METRICS},
+            **{m: aggregate_values([c["continual"].get(m) for c in cs]) for m in METRICS},
             "matrix_by_position_mean": [[None if not math.isfinite(v) else float(v) for v in row]
                                         for row in mean_matrix],
             "final_by_task_mean": {t: (float(np.mean(v)) if v else None) for t, v in by_task.items()},
-            "extra_bytes_per_task": _interval([c["extra_bytes_per_task_mean"] for c in cs]),
-            "extra_bytes": _interval([c["extra_bytes"] for c in cs]),
+            "extra_bytes_per_task": aggregate_values([c["extra_bytes_per_task_mean"] for c in cs]),
+            "extra_bytes": aggregate_values([c["extra_bytes"] for c in cs]),
             "model_bytes": cs[0]["model_bytes"],
-            "wall_seconds": _interval([c["wall_seconds"] for c in cs]),
-            "peak_rss_bytes": _interval([c["peak_rss_bytes"] for c in cs]),
+            "wall_seconds": aggregate_values([c["wall_seconds"] for c in cs]),
+            "peak_rss_bytes": aggregate_values([c["peak_rss_bytes"] for c in cs]),
             "settings": cs[0].get("settings"),
         }
-    return {"strategies": per, "orders": orders, "seeds": sc.seeds, "task_names": tasks,
-            "interval": "95% t-interval over the cells (orders x seeds) of each strategy",
+    return {"strategies": per, "paired": paired_differences(cells, list(per)), "orders": orders, "seeds": sc.seeds,
+            "task_names": tasks, "interval": "95% t-interval over the cells (orders x seeds) of each strategy",
             "matrix_note": "mean over cells of R[stage t, t-th task of the order] (rows: stage, columns: position)"}
+
+
+def paired_differences(cells: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Each strategy against ``naive`` and ``graft`` against each other strategy, paired by cell (same seed and
+    order): the per-cell differences of ACC and forgetting (final), their mean with a 95% t-interval and the
+    Wilcoxon signed-rank p over the cells both ran (mtgraft.evaluation.uncertainty.compare_over_seeds)."""
+    by = {n: {f"s{c['seed']}-o{c['order_index'] + 1}": c["continual"] for c in cells if c["strategy"] == n}
+          for n in names}
+
+    def cmp(a: str, b: str, metric: str) -> dict[str, Any]:
+        r = compare_over_seeds({k: v.get(metric) for k, v in by[a].items()},
+                               {k: v.get(metric) for k, v in by[b].items()})
+        return {"cells": r["seeds"], "mean_diff": r["mean_diff"], "ci95": r["ci95"], "wilcoxon_p": r["wilcoxon_p"]}
+
+    out: dict[str, Any] = {"vs_naive": {}, "graft_vs": {}}
+    if "naive" in by:
+        out["vs_naive"] = {n: {m: cmp(n, "naive", m) for m in ("acc", "forgetting_final")}
+                           for n in names if n != "naive"}
+    if "graft" in by:
+        out["graft_vs"] = {n: {"acc": cmp("graft", n, "acc")} for n in names if not n.startswith("graft")}
+    return out
 
 
 def stream_figures(summary: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -323,6 +333,23 @@ def render_stream(s: dict[str, Any]) -> str:
                      f"{iv(p['forgetting_final'])} | {iv(p['forgetting_max'])} | "
                      f"{p['extra_bytes_per_task']['mean']:,.0f} | {p['wall_seconds']['mean']:.0f} | "
                      f"{p['peak_rss_bytes']['mean'] / 2**20:.0f} |")
+    def d(c: dict[str, Any]) -> str:
+        if c["mean_diff"] is None:
+            return "—"
+        ci = f" [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]" if c["ci95"] else ""
+        p = "" if c["wilcoxon_p"] is None else f" (p {c['wilcoxon_p']:.2g})"
+        return f"{c['mean_diff']:+.3f}{ci}{p}"
+
+    paired = s.get("paired") or {}
+    if paired.get("vs_naive"):
+        lines += ["", "Paired by cell (same seed and order), strategy − naive: mean difference, 95% t-interval, "
+                  "Wilcoxon signed-rank p.", "", "| strategy | cells | Δ ACC | Δ forgetting (final) |",
+                  "|---|---:|---:|---:|"]
+        for name, c in paired["vs_naive"].items():
+            lines.append(f"| {name} | {len(c['acc']['cells'])} | {d(c['acc'])} | {d(c['forgetting_final'])} |")
+    if paired.get("graft_vs"):
+        lines += ["", "graft (own patch, task known) − each strategy, ACC, paired by cell: "
+                  + "; ".join(f"{n} {d(c['acc'])}" for n, c in paired["graft_vs"].items()) + "."]
     if s.get("not_run"):
         lines += ["", f"Not run (budget of {s.get('budget_minutes')} min reached): {', '.join(s['not_run'])}."]
     return "\n".join(lines) + "\n"

@@ -86,3 +86,26 @@ def test_stream_config_checks():
         StreamConfig(strategies=["graft"])
     empty = aggregate([], StreamConfig(strategies=["naive"]), [["a", "b"]], ["a", "b"])
     assert empty["strategies"] == {}
+
+
+def test_paired_differences_pair_cells_by_seed_and_order():
+    """Δ against naive and graft − each strategy are computed cell by cell (same seed and order); a cell only one
+    side ran is left out."""
+    from mtgraft.workflows.stream import paired_differences
+
+    def cell(strategy, seed, k, acc, forg):
+        return {"strategy": strategy, "seed": seed, "order_index": k,
+                "continual": {"acc": acc, "forgetting_final": forg}}
+
+    cells = [cell("naive", 13, k, 0.60 + 0.01 * k, 0.05) for k in range(3)]
+    cells += [cell("replay", 13, k, 0.63 + 0.01 * k + 0.001 * k * k, 0.02) for k in range(3)]
+    cells += [cell("graft", 13, k, 0.50, 0.0) for k in range(2)]  # order 3 not run
+    p = paired_differences(cells, ["naive", "replay", "graft"])
+    r = p["vs_naive"]["replay"]["acc"]
+    assert r["cells"] == ["s13-o1", "s13-o2", "s13-o3"]
+    assert r["mean_diff"] == pytest.approx(0.03 + 0.001 * (0 + 1 + 4) / 3)
+    assert r["ci95"][0] < r["mean_diff"] < r["ci95"][1]
+    assert p["vs_naive"]["replay"]["forgetting_final"]["mean_diff"] == pytest.approx(-0.03)
+    g = p["graft_vs"]["naive"]["acc"]
+    assert g["cells"] == ["s13-o1", "s13-o2"] and g["mean_diff"] == pytest.approx(-0.105)
+    assert "graft" not in p["graft_vs"]
