@@ -226,6 +226,20 @@ def resolve_pooling(pooling: str | None, path: str, model_type: str) -> str | No
     return pooling
 
 
+def warn_type_mismatch(model: str, model_type: str) -> None:
+    """A warning when an embedded causal LM is given a ``head`` or ``prompt`` type (a head on the first token of a
+    causal model reads a token that has seen nothing else)."""
+    from mtgraft.models.embedded import embedded_model
+
+    em = embedded_model(model)
+    if em is not None and em.kind == "causal" and model_type != "causal":
+        from mtgraft.progress import warn
+
+        warn(f"'{model}' is a causal language model: --type {model_type} reads a token through a new head or an MLM "
+             "mask, and with causal attention an early token has seen little of the text; the paper's regime for it "
+             "is --type causal (docs/models.md)")
+
+
 def build_task_model(model: str, model_type: str, tasks: list[TaskInfo] | list[Any],
                      pooling: str | None = None) -> TaskModel:
     """A pretrained backbone (by name or folder, 'minilm' = embedded default) with new task heads.
@@ -233,6 +247,8 @@ def build_task_model(model: str, model_type: str, tasks: list[TaskInfo] | list[A
     ``pooling`` (``auto``, ``first``, ``mean``, ``pooler``) sets what every new head reads; None keeps what
     each ``TaskInfo`` records (rebuilding the pretrained model of a checkpoint or patch)."""
     infos = [t if isinstance(t, TaskInfo) else TaskInfo.from_spec(t) for t in tasks]
+    if pooling is not None:  # a new model (training): say when the type does not suit an embedded model
+        warn_type_mismatch(model, model_type)
     path = resolve_model_path(model)
     if pooling is not None:
         chosen = resolve_pooling(pooling, path, model_type)

@@ -96,3 +96,16 @@ def test_smollm2_causal_has_its_own_preset_and_head_types_do_not_take_it():
     assert TrainConfig(task="rotten_tomatoes", model="smollm2", type="causal", lr=0.3).lr == 0.3  # given wins
     assert choose("smollm2", "head")[0] != "smollm2-causal"
     assert choose("smollm2", "causal", "paper")[0] == "paper"
+
+
+def test_a_head_on_the_embedded_causal_lm_is_warned_about(capsys):
+    """Training smollm2 with --type head (the default) says that the paper's regime is --type causal; minilm
+    with a head and smollm2 with causal say nothing."""
+    from mtgraft.models.task_model import warn_type_mismatch
+
+    warn_type_mismatch("smollm2", "head")
+    assert "--type causal" in capsys.readouterr().err.replace("\n", " ")
+    warn_type_mismatch("minilm", "head")
+    warn_type_mismatch("SmolLM2-135M", "causal")
+    warn_type_mismatch("/some/folder", "head")
+    assert capsys.readouterr().err == ""
