@@ -224,7 +224,7 @@ def test_lwf_loss_is_zero_when_the_student_is_the_teacher(env):
     model.eval()  # no dropout: the student is exactly the teacher
     assert float(st.extra_loss(batch, None).detach()) == pytest.approx(0.0, abs=1e-7)
     s = readouts(model, batch, names[:1])
-    assert float(distillation_loss(s, {k: v.detach() for k, v in s.items()}, 2.0)) == pytest.approx(0.0, abs=1e-7)
+    assert float(distillation_loss(s, {k: v.detach() for k, v in s.items()}, 2.0).detach()) == pytest.approx(0.0, abs=1e-7)
     _move(model, 0.05)
     moved = st.extra_loss(batch, None)
     assert float(moved.detach()) > 0 and moved.requires_grad
