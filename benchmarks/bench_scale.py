@@ -135,11 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     env = child_env(args.threads, f"sqlite:///{work}/mlflow.db")
     load0 = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     t0 = time.time()
-    models = [measure_model(m, args, work, env) for m in args.models]
-    result = {"settings": {k: v for k, v in vars(args).items() if k not in ("work",)}, "models": models,
-              "load_before": load0, "load_after": Path("/proc/loadavg").read_text().split()[:3],
-              "wall_s": time.time() - t0, "machine": platform.platform(), "python": sys.version.split()[0]}
-    write_json_atomic(ROOT / args.out, result)
+    models: list[dict[str, Any]] = []
+    for m in args.models:  # the JSON is rewritten after each model: an interrupted run keeps what it measured
+        models.append(measure_model(m, args, work, env))
+        result = {"settings": {k: v for k, v in vars(args).items() if k not in ("work",)}, "models": models,
+                  "load_before": load0, "load_after": Path("/proc/loadavg").read_text().split()[:3],
+                  "wall_s": time.time() - t0, "machine": platform.platform(), "python": sys.version.split()[0],
+                  "complete": len(models) == len(args.models)}
+        write_json_atomic(ROOT / args.out, result)
     print(markdown(result))
     print(json.dumps({"out": args.out, "wall_s": round(result["wall_s"], 1)}))
 
