@@ -113,6 +113,9 @@ def cells_of(folder: Path, lam: float, seeds: list[int], tasks: list[str], sourc
                     "finetuned": ref["finetuned"]["accuracy"], "finetuned_ci95": ref["finetuned"].get("accuracy_ci95"),
                     "pretrained": ref["pretrained"]["accuracy"], "n_test": ref["finetuned"].get("n")}
             cell["gain"] = cell["finetuned"] - cell["pretrained"]
+            ci = ref["finetuned"].get("gain_ci95")
+            cell["gain_ci95"] = ci
+            cell["learnt"] = bool(ci and ci[0] > 0)  # the gain's paired-bootstrap interval excludes 0
             for r in g["results"]:
                 if r["method"] in METHODS and abs(r["sparsity"] - SIZE) < 1e-12:
                     cell[f"rel_{r['method']}"] = r["test"]["rel"]
@@ -136,6 +139,11 @@ def summarise(cells: list[dict[str, Any]], lambdas: list[float]) -> list[dict[st
         row: dict[str, Any] = {"lambda": lam, "cells": len(mine)}
         for k in keys:
             row[k] = aggregate([c.get(k) for c in mine])
+        learnt = [c for c in mine if c.get("learnt")]
+        row["learnt_cells"] = len(learnt)
+        for k in ("rel_graft", "rel_topk"):
+            row[f"{k}_learnt"] = aggregate([c.get(k) for c in learnt])
+            row[f"{k}_pooled"] = pooled_rel(mine, k.replace("rel_", "acc_"))
         if lam != 0:
             for k in ("finetuned", "rel_graft", "rel_topk"):
                 a = {(c["task"], c["seed"]): c.get(k) for c in mine}
@@ -147,6 +155,26 @@ def summarise(cells: list[dict[str, Any]], lambdas: list[float]) -> list[dict[st
     return rows
 
 
+def pooled_rel(cells: list[dict[str, Any]], acc_key: str, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Gain-weighted Rel over cells, sum(acc − P0) / sum(P1 − P0) (a cell with a tiny gain cannot dominate it, as
+    it does a mean of per-cell ratios), with a 95% percentile interval from resampling the cells."""
+    import numpy as np
+
+    got = [(c[acc_key], c["pretrained"], c["finetuned"]) for c in cells if c.get(acc_key) is not None]
+    if not got:
+        return {"mean": None, "ci95": None, "n": 0}
+    a = np.array(got, dtype=float)
+    num, den = a[:, 0] - a[:, 1], a[:, 2] - a[:, 1]
+    point = float(num.sum() / den.sum()) if den.sum() != 0 else None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    d = den[idx].sum(1)
+    boots = (num[idx].sum(1) / np.where(d == 0, np.nan, d))
+    boots = boots[np.isfinite(boots)]
+    ci = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(a) > 1 and len(boots) else None
+    return {"mean": point, "ci95": ci, "n": len(a)}
+
+
 def _iv(agg: dict[str, Any] | None, nd: int = 3) -> str:
     from mtgraft.evaluation.uncertainty import format_ci
 
@@ -154,9 +182,16 @@ def _iv(agg: dict[str, Any] | None, nd: int = 3) -> str:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    lines = ["| λ | cells | fine-tuned acc | gain | Rel graft 1e-4 | Rel top-k 1e-4 | δ = 0 (share of body) "
-             "| top-1e-4 share of ‖δ‖₁ | Δ fine-tuned acc vs λ=0 (p) | Δ Rel graft vs λ=0 (p) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| λ | cells (learnt) | fine-tuned acc | gain | Rel graft 1e-4, learnt cells | Rel top-k 1e-4, learnt cells "
+             "| pooled Rel graft | pooled Rel top-k | δ = 0 (share of body) | top-1e-4 share of ‖δ‖₁ "
+             "| Δ fine-tuned acc vs λ=0 (p) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def pooled(agg: dict[str, Any]) -> str:
+        if not agg or agg.get("mean") is None:
+            return "—"
+        ci = agg.get("ci95")
+        return f"{agg['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
     def cmp(r: dict[str, Any], k: str) -> str:
         c = r.get(f"{k}_vs_0")
@@ -168,9 +203,11 @@ def markdown(summary: dict[str, Any]) -> str:
         return f"{c['mean_diff']:+.3f}{iv} ({'—' if p is None else f'{p:.2f}'})"
 
     for r in summary["rows"]:
-        lines.append(f"| {r['lambda']:g} | {r['cells']} | {_iv(r['finetuned'])} | {_iv(r['gain'])} | "
-                     f"{_iv(r['rel_graft'])} | {_iv(r['rel_topk'])} | {_iv(r['zero_fraction'], 4)} | "
-                     f"{_iv(r['topk_l1_share'])} | {cmp(r, 'finetuned')} | {cmp(r, 'rel_graft')} |")
+        lines.append(f"| {r['lambda']:g} | {r['cells']} ({r.get('learnt_cells', '—')}) | {_iv(r['finetuned'])} | "
+                     f"{_iv(r['gain'])} | {_iv(r.get('rel_graft_learnt') or r['rel_graft'])} | "
+                     f"{_iv(r.get('rel_topk_learnt') or r['rel_topk'])} | {pooled(r.get('rel_graft_pooled'))} | "
+                     f"{pooled(r.get('rel_topk_pooled'))} | {_iv(r['zero_fraction'], 4)} | {_iv(r['topk_l1_share'])} | "
+                     f"{cmp(r, 'finetuned')} |")
     return "\n".join(lines)
 
 
@@ -187,10 +224,10 @@ def plot(summary: dict[str, Any], path: str) -> None:
     rows = summary["rows"]
     for i, r in enumerate(rows):
         col = colours(i / max(1, len(rows) - 1))
-        cs = [c for c in summary["cells"] if c["lambda"] == r["lambda"]]
+        cs = [c for c in summary["cells"] if c["lambda"] == r["lambda"] and c.get("learnt")]
         for ax, key in ((axes[0], "rel_graft"), (axes[1], "rel_topk")):
             ax.scatter([c["finetuned"] for c in cs], [c.get(key) for c in cs], color=col, alpha=0.3, s=14)
-            x, y = r["finetuned"], r[key]
+            x, y = r["finetuned"], r.get(f"{key}_pooled") or r[key]
             if x["mean"] is None or y["mean"] is None:
                 continue
             xe = None if not x["ci95"] else [[x["mean"] - x["ci95"][0]], [x["ci95"][1] - x["mean"]]]
@@ -202,10 +239,12 @@ def plot(summary: dict[str, Any], path: str) -> None:
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel("fine-tuned test accuracy")
         ax.set_ylabel("Rel at 1e-4 of the body")
-        ax.set_title(f"{name}: mean ± 95% t-interval over task × seed")
+        ax.set_ylim(-0.6, 1.6)
+        ax.set_title(f"{name}: pooled Rel (95% CI), accuracy mean (t-CI)", fontsize=9)
     axes[0].legend(fontsize=8)
     tasks = ", ".join(summary["tasks"])
-    fig.suptitle(f"Localisable fine-tuning (L1 pull to θ_pre), MiniLM on {tasks}; faint dots: single cells", fontsize=10)
+    fig.suptitle(f"Localisable fine-tuning (L1 pull to θ_pre), MiniLM on {tasks}; faint dots: cells whose gain "
+                 "excludes 0", fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

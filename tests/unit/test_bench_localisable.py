@@ -40,8 +40,16 @@ def test_summarise_pairs_each_lambda_with_zero_by_task_and_seed():
     assert r["mean_diff"] == pytest.approx(0.215)  # (0.21 + 0.22) / 2 over four pairs
     assert rows[1]["finetuned"]["n"] == 4 and rows[1]["finetuned"]["mean"] == pytest.approx(0.695)
     table = bl.markdown({"rows": rows})
-    assert table.count("\n") == 3 and "| 0.001 | 4 |" in table and "-0.020" in table
+    assert table.count("\n") == 3 and "| 0.001 | 4 (0) |" in table and "-0.020" in table
 
 
 def test_lambda_folder_names():
     assert bl.lam_dir("r", 0.0) == Path("r/l1-0") and bl.lam_dir("r", 1e-4) == Path("r/l1-0.0001")
+
+
+def test_pooled_rel_weights_cells_by_their_gain():
+    cells = [{"acc_graft": 0.65, "pretrained": 0.60, "finetuned": 0.70},  # 0.05 of 0.10
+             {"acc_graft": 0.62, "pretrained": 0.60, "finetuned": 0.61}]  # 0.02 of 0.01 (ratio 2.0)
+    r = bl.pooled_rel(cells, "acc_graft")
+    assert r["mean"] == pytest.approx(0.07 / 0.11) and r["n"] == 2
+    assert r["ci95"][0] <= r["mean"] <= r["ci95"][1]
