@@ -93,7 +93,8 @@ class L1Pull:
     """
 
     def __init__(self, model: TaskModel, optimizer: torch.optim.Optimizer, lam: float) -> None:
-        body = {id(p) for n, p in model.named_parameters() if n in set(model.graftable_names())}
+        names = set(model.graftable_names())
+        body = {id(p) for n, p in model.named_parameters() if n in names}
         self.lam = float(lam)
         self.entries = [(p, p.detach().clone(), g) for g in optimizer.param_groups for p in g["params"]
                         if id(p) in body and p.requires_grad]
