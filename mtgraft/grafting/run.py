@@ -47,6 +47,7 @@ from mtgraft.utils import (
     default_out,
     ensure_writable_dir,
     provenance,
+    release_freed_memory,
     resolve_device,
     safe_name,
     set_seed,
@@ -319,7 +320,10 @@ def _graft_space(cfg: GraftConfig, meta: CheckpointMeta, pre_name: str | None, d
     if rec_hash and pre_model.base_hash() != rec_hash:
         raise MtgraftError(f"pretrained model '{pre_name}' is not the one checkpoint {cfg.finetuned} was fine-tuned "
                            f"from (content hash differs)")
-    return GraftSpace.build(ft_model, pre_model, device)
+    space = GraftSpace.build(ft_model, pre_model, device)
+    del ft_model, pre_model  # the space keeps the working model; the pretrained copy goes
+    release_freed_memory()
+    return space
 
 
 # ---------------------------------------------------------------------------------------------- 2. reference

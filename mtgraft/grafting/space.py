@@ -17,6 +17,7 @@ from torch.func import functional_call
 
 from mtgraft.errors import MtgraftError
 from mtgraft.models import Encoded, TaskModel, collate, model_inputs
+from mtgraft.utils import release_freed_memory
 
 
 @dataclass
@@ -111,6 +112,7 @@ class GraftSpace:
         """The task loss at theta_pre + ``values`` on ``cand`` (sorted flat indices), averaged over ``batches``, and
         its gradient with respect to ``values``: equal to ``theta.grad[cand]`` of a full-size leaf theta (one
         backward pass per batch, summed in the same order) at a fraction of the memory."""
+        release_freed_memory()  # the last update's scoring vectors: not under this step's copies
         u = values.detach().clone().requires_grad_(True)
         total = 0.0
         for batch in batches:
@@ -119,6 +121,8 @@ class GraftSpace:
             loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"]) / len(batches)
             loss.backward()
             total += float(loss.detach())
+            del params, logits, loss
+            release_freed_memory()  # this batch's tensor copies, before the next batch makes its own
         assert u.grad is not None
         return total, u.grad
 
@@ -131,6 +135,7 @@ class GraftSpace:
         """Softmax probabilities of the model at ``theta`` on ``enc``."""
         from mtgraft.evaluation.predict import predict_probs
 
+        release_freed_memory()
         params = self.params(theta)
         return predict_probs(self.model, enc, batch_size, self.device,
                              forward=lambda **kw: functional_call(self.model, params, args=(), kwargs=kw))

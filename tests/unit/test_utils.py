@@ -21,3 +21,14 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
     assert (tmp_path / "run" / "x.txt").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "run"]  # no temporary left behind
+
+
+def test_release_freed_memory_is_safe_to_call_repeatedly():
+    import torch
+
+    from mtgraft.utils import release_freed_memory
+
+    x = torch.ones(1 << 20)
+    del x
+    assert release_freed_memory() is None
+    assert release_freed_memory() is None  # the libc lookup is cached; the second call takes the same path
