@@ -1,14 +1,15 @@
 """Scale: the embedded MiniLM (22.7M, head) and SmolLM2 (134.5M, causal) side by side.
 
 Usage: python benchmarks/bench_scale.py [--models minilm smollm2] [--task rotten_tomatoes] [--steps N]
-       [--sparsity 1e-5 1e-4 1e-3 1e-2] [--max-test 200] [--examples-per-update 64] [--threads 1]
+       [--sparsity 1e-5 1e-4 1e-3 1e-2] [--max-test 200] [--examples-per-update 64] [--recipe thorough]
+       [--threads 1]
        [--work DIR] [--out benchmarks/results/scale.json]
 
 Every measured thing is its own ``mtgraft`` command in a child process (``bench_graft.run_measured``: wall
 time, CPU seconds and the child's own peak RSS), per model:
 1. ``mtgraft train`` with the model's preset (its steps unless ``--steps``; K = 64, the same batch size and
    max length for both models so that s/step compares the models, not the settings);
-2. ``mtgraft graft --method graft`` of that checkpoint at each sparsity (default recipe ``thorough`` with
+2. ``mtgraft graft --method graft`` of that checkpoint at each sparsity (``--recipe``, default ``thorough``, with
    ``--examples-per-update``, the same for both), without registering;
 3. the overlap metrics of two regions of 1e-3 of the body (``analysis.overlap.pair_overlap``, in a child).
 Reported: parameters and graftable body; fine-tune s/step and peak RSS; graft time (the graft command's own
@@ -69,7 +70,8 @@ def measure_model(model: str, args: argparse.Namespace, work: Path, env: dict[st
     for s in args.sparsity:
         out = work / f"{model}-graft-{s:g}"
         gcmd = [sys.executable, "-m", "mtgraft.cli", "graft", "--finetuned", str(ck), "--task", args.task,
-                "--sparsity", f"{s:g}", "--method", "graft", "--examples-per-update", str(args.examples_per_update),
+                "--sparsity", f"{s:g}", "--method", "graft", "--recipe", args.recipe,
+                "--examples-per-update", str(args.examples_per_update),
                 "--no-register", "--json", "--out", str(out)]
         g = run_measured(gcmd, env, ROOT)
         if g["rc"] != 0:
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sparsity", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 1e-2])
     p.add_argument("--max-test", type=int, default=200)
     p.add_argument("--examples-per-update", type=int, default=64)
+    p.add_argument("--recipe", default="thorough", choices=["fast", "thorough", "paper"],
+                   help="the learned graft's recipe (thorough, the default, has no early stop; the studies use fast)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=None)
     p.add_argument("--out", default="benchmarks/results/scale.json")

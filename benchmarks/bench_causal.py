@@ -1,0 +1,237 @@
+"""The paper's regime on SmolLM2 beside MiniLM (issue 14, item 3): single-task grafts over sparsities, tasks and seeds.
+
+Usage: python benchmarks/bench_causal.py [--causal runs/single_task_causal] [--minilm runs/single_task_seeds]
+       [--out benchmarks/results/causal.json] [--plot docs/img/causal_rel.png]
+
+Reads the ``mtgraft run`` study folders (``seed-<s>/study_state.json``: finished stages count, so a study still
+running can be summarised) of ``experiments/single_task_causal.yaml`` (SmolLM2-135M, ``--type causal``) and of
+``experiments/single_task.yaml`` (MiniLM, ``--type head``), and puts them side by side. Nothing is trained here.
+
+A cell is one (task, seed). Per cell: the pretrained and fine-tuned test accuracy and ECE, the fine-tuning gain with
+its paired-bootstrap interval (``learnt`` when it excludes 0), and per (method, sparsity) the grafted model's
+accuracy, ECE, Rel with its interval, and Rel on every OOD test set. Per (model, sparsity, method) over the cells:
+means with 95% t-intervals (Rel over learnt cells only: Rel of a cell that learnt nothing is noise over a tiny
+denominator), the gain-weighted pooled Rel with a cell-bootstrap interval, how many learnt cells reach Rel ≥ 0.95
+(the paper's "> 95%"), and the paired differences graft − top-k and graft − random of Rel over the learnt cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_localisable import pooled_rel  # noqa: E402
+
+RECOVERED = 0.95  # the paper's "recovers > 95% of the fine-tuned performance"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--causal", default="runs/single_task_causal", help="the SmolLM2 study folder (seed-<s>/)")
+    ap.add_argument("--minilm", default="runs/single_task_seeds", help="the MiniLM study folder (seed-<s>/)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "causal.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "causal_rel.png"))
+    return ap.parse_args(argv)
+
+
+def cells_of(folder: str | Path, model: str) -> list[dict[str, Any]]:
+    """Every finished (task, seed) graft stage under ``folder/seed-<s>/study_state.json``."""
+    out = []
+    for state in sorted(Path(folder).glob("seed-*/study_state.json")):
+        seed = int(state.parent.name.split("-", 1)[1])
+        stages = json.loads(state.read_text()).get("stages", {})
+        for name, st in stages.items():
+            if not name.startswith("graft:") or not st.get("result"):
+                continue
+            for g in st["result"]["tasks"]:
+                out.append(cell_of(g, model, seed, stages.get(f"train:{g['task']}", {}).get("result") or {}))
+    return out
+
+
+def cell_of(g: dict[str, Any], model: str, seed: int, train: dict[str, Any]) -> dict[str, Any]:
+    ref = g["reference"]
+    pre, ft = ref["pretrained"], ref["finetuned"]
+    ci = ft.get("gain_ci95")
+    cell: dict[str, Any] = {
+        "model": model, "task": g["task"], "seed": seed, "graftable_size": g.get("graftable_size"),
+        "pretrained": pre["accuracy"], "finetuned": ft["accuracy"], "ece_pretrained": pre.get("ece"),
+        "ece_finetuned": ft.get("ece"), "n_test": ft.get("n"), "gain": ft["accuracy"] - pre["accuracy"],
+        "gain_ci95": ci, "learnt": bool(ci and ci[0] > 0), "train_seconds": train.get("train_seconds"),
+        "graft_seconds": g.get("seconds"), "regions": {}}
+    for r in g["results"]:
+        t = r["test"]
+        cell["regions"][f"{r['method']}@{r['sparsity']:g}"] = {
+            "method": r["method"], "sparsity": r["sparsity"], "region_size": r.get("region_size"),
+            "accuracy": t["accuracy"], "ece": t.get("ece"), "rel": t.get("rel"), "rel_ci95": t.get("rel_ci95"),
+            "seconds": r.get("seconds"),
+            "ood_rel": {o: m.get("rel") for o, m in (t.get("ood") or {}).items()}}
+    return cell
+
+
+def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows per (model, sparsity, method) and the reference rows per model."""
+    from mtgraft.evaluation.uncertainty import aggregate, compare_over_seeds
+
+    models = sorted({c["model"] for c in cells})
+    reference, rows = [], []
+    for model in models:
+        mine = [c for c in cells if c["model"] == model]
+        learnt = [c for c in mine if c["learnt"]]
+        reference.append({
+            "model": model, "cells": len(mine), "learnt_cells": len(learnt),
+            "tasks": sorted({c["task"] for c in mine}), "seeds": sorted({c["seed"] for c in mine}),
+            "pretrained": aggregate([c["pretrained"] for c in mine]),
+            "finetuned": aggregate([c["finetuned"] for c in mine]), "gain": aggregate([c["gain"] for c in mine]),
+            "ece_pretrained": aggregate([c["ece_pretrained"] for c in mine]),
+            "ece_finetuned": aggregate([c["ece_finetuned"] for c in mine]),
+            "train_seconds": aggregate([c["train_seconds"] for c in mine])})
+        order = {"graft": 0, "topk": 1, "random": 2, "bias-only": 3}
+        keys = sorted({k for c in mine for k in c["regions"]},
+                      key=lambda k: (float(k.split("@")[1]), order.get(k.split("@")[0], 9), k))
+        for key in keys:
+            method, sp = key.split("@")
+            have = [c for c in mine if key in c["regions"]]
+            lh = [c for c in have if c["learnt"]]
+
+            def reg(c: dict[str, Any], field: str, key: str = key) -> Any:
+                return c["regions"][key].get(field)
+
+            flat = [{"pretrained": c["pretrained"], "finetuned": c["finetuned"], "acc": reg(c, "accuracy")}
+                    for c in have]
+            ood = sorted({o for c in have for o in c["regions"][key]["ood_rel"]})
+            row: dict[str, Any] = {
+                "model": model, "method": method, "sparsity": float(sp), "cells": len(have), "learnt_cells": len(lh),
+                "region_size": aggregate([reg(c, "region_size") for c in have])["mean"],
+                "accuracy": aggregate([reg(c, "accuracy") for c in have]),
+                "ece": aggregate([reg(c, "ece") for c in have]),
+                "ece_minus_finetuned": aggregate([reg(c, "ece") - c["ece_finetuned"] for c in have
+                                                  if reg(c, "ece") is not None and c["ece_finetuned"] is not None]),
+                "rel_learnt": aggregate([reg(c, "rel") for c in lh]),
+                "rel_pooled": pooled_rel(flat, "acc"),
+                "recovered_cells": sum(1 for c in lh if (reg(c, "rel") or 0) >= RECOVERED),
+                "seconds": aggregate([reg(c, "seconds") for c in have]),
+                "ood_rel": {o: aggregate([c["regions"][key]["ood_rel"].get(o) for c in lh]) for o in ood},
+            }
+            for other in ("topk", "random"):
+                okey = f"{other}@{sp}"
+                if method == other or not any(okey in c["regions"] for c in lh):
+                    continue
+                a = {(c["task"], c["seed"]): reg(c, "rel") for c in lh}
+                b = {(c["task"], c["seed"]): c["regions"][okey]["rel"] for c in lh if okey in c["regions"]}
+                cmp = compare_over_seeds(a, b)
+                cmp["seeds"] = [list(s) for s in cmp["seeds"]]
+                row[f"rel_minus_{other}"] = cmp
+            rows.append(row)
+    return {"reference": reference, "rows": rows}
+
+
+def _iv(agg: dict[str, Any] | None, nd: int = 3) -> str:
+    from mtgraft.evaluation.uncertainty import format_ci
+
+    return format_ci(agg, nd) if agg and agg.get("mean") is not None else "—"
+
+
+def _pooled(agg: dict[str, Any] | None) -> str:
+    if not agg or agg.get("mean") is None:
+        return "—"
+    ci = agg.get("ci95")
+    return f"{agg['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _cmp(c: dict[str, Any] | None) -> str:
+    if not c or c.get("mean_diff") is None:
+        return "—"
+    lo, hi = c["ci95"] or (None, None)
+    iv = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else ""
+    p = c.get("wilcoxon_p")
+    return f"{c['mean_diff']:+.3f}{iv} (p {'—' if p is None else f'{p:.2f}'}, n {len(c['diffs'])})"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = ["| model | cells (learnt) | pretrained acc | fine-tuned acc | gain | ECE pretrained | ECE fine-tuned |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in summary["reference"]:
+        lines.append(f"| {r['model']} | {r['cells']} ({r['learnt_cells']}) | {_iv(r['pretrained'])} | "
+                     f"{_iv(r['finetuned'])} | {_iv(r['gain'])} | {_iv(r['ece_pretrained'])} | "
+                     f"{_iv(r['ece_finetuned'])} |")
+    lines += ["", "| model | sparsity | method | region | acc | ECE | Rel, learnt cells | pooled Rel | "
+              "Rel ≥ 0.95 | Rel − top-k | Rel − random | OOD Rel |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in summary["rows"]:
+        ood = "; ".join(f"{o}: {_iv(a)}" for o, a in r["ood_rel"].items() if a.get("mean") is not None) or "—"
+        lines.append(f"| {r['model']} | {r['sparsity']:g} | {r['method']} | {r['region_size']:,.0f} | "
+                     f"{_iv(r['accuracy'])} | {_iv(r['ece'])} | {_iv(r['rel_learnt'])} | {_pooled(r['rel_pooled'])} | "
+                     f"{r['recovered_cells']}/{r['learnt_cells']} | {_cmp(r.get('rel_minus_topk'))} | "
+                     f"{_cmp(r.get('rel_minus_random'))} | {ood} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: str) -> None:
+    """Pooled Rel (cell-bootstrap interval) against the sparsity, one panel per model, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [r["model"] for r in summary["reference"]]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False, sharey=True)
+    colours = {"graft": "tab:blue", "topk": "tab:orange", "random": "tab:grey", "bias-only": "tab:green"}
+    for ax, model in zip(axes[0], models, strict=True):
+        ref = next(r for r in summary["reference"] if r["model"] == model)
+        for method in ("graft", "topk", "random", "bias-only"):
+            rs = sorted((r for r in summary["rows"] if r["model"] == model and r["method"] == method
+                         and r["rel_pooled"]["mean"] is not None), key=lambda r: r["sparsity"])
+            if not rs:
+                continue
+            x = [r["sparsity"] for r in rs]
+            y = [r["rel_pooled"]["mean"] for r in rs]
+            lo = [y_ - (r["rel_pooled"]["ci95"] or [y_, y_])[0] for y_, r in zip(y, rs, strict=True)]
+            hi = [(r["rel_pooled"]["ci95"] or [y_, y_])[1] - y_ for y_, r in zip(y, rs, strict=True)]
+            ax.errorbar(x, y, yerr=[lo, hi], fmt="o-", capsize=3, color=colours.get(method), label=method)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.axhline(RECOVERED, color="tab:red", lw=0.6, ls=":", label="0.95")
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("region size (fraction of the body)")
+        ax.set_title(f"{model}: {ref['cells']} cells\n({', '.join(ref['tasks'])}; seeds "
+                     f"{', '.join(map(str, ref['seeds']))})", fontsize=8)
+    axes[0][0].set_ylabel("pooled Rel (gain-weighted, 95% cell bootstrap)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Rel of grafted regions by size: SmolLM2-135M causal (the paper's regime) beside MiniLM + new head",
+                 fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    causal = cells_of(a.causal, "smollm2")
+    tasks = {c["task"] for c in causal}  # MiniLM on the tasks both studies ran, so the two sides compare
+    minilm = [c for c in cells_of(a.minilm, "minilm") if c["task"] in tasks]
+    if not causal:
+        print(f"no finished graft stage under {a.causal}/seed-*/ (run experiments/single_task_causal.yaml first)")
+        return 1
+    summary = {"settings": {"causal": a.causal, "minilm": a.minilm, "recovered": RECOVERED,
+                            "python": platform.python_version()},
+               **summarise(causal + minilm), "cells": causal + minilm}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(summary, indent=1) + "\n")
+    md = markdown(summary)
+    print(md)
+    plot(summary, a.plot)
+    print(f"\nwrote {a.out} and {a.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
