@@ -174,39 +174,66 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cells_markdown(summary: dict[str, Any], model: str = "smollm2", method: str = "graft") -> str:
+    """One row per (task, seed) of ``model``: the two ends, the gain, and Rel of ``method`` at every sparsity with
+    its paired-bootstrap interval over the cell's test examples."""
+    cells = sorted((c for c in summary["cells"] if c["model"] == model), key=lambda c: (c["task"], c["seed"]))
+    sps = sorted({r["sparsity"] for c in cells for r in c["regions"].values() if r["method"] == method})
+    lines = ["| task | seed | n test | pretrained | fine-tuned | gain [95%] | "
+             + " | ".join(f"Rel {method} {s:g} [95%]" for s in sps) + " |",
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(sps)]
+    for c in cells:
+        g = c["gain_ci95"]
+        row = [c["task"], str(c["seed"]), str(c["n_test"]), f"{c['pretrained']:.3f}", f"{c['finetuned']:.3f}",
+               f"{c['gain']:+.3f}" + (f" [{g[0]:+.3f}, {g[1]:+.3f}]" if g else "")]
+        for s in sps:
+            r = c["regions"].get(f"{method}@{s:g}")
+            if not r or r.get("rel") is None:
+                row.append("—")
+                continue
+            ci = r.get("rel_ci95")
+            row.append(f"{r['rel']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary: dict[str, Any], path: str) -> None:
-    """Pooled Rel (cell-bootstrap interval) against the sparsity, one panel per model, a line per method."""
+    """Pooled Rel (cell-bootstrap interval) of each model and method against the region's size: as a fraction of
+    the body (left) and as a number of entries (right: the same count is a 10× smaller fraction of SmolLM2)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [r["model"] for r in summary["reference"]]
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False, sharey=True)
-    colours = {"graft": "tab:blue", "topk": "tab:orange", "random": "tab:grey", "bias-only": "tab:green"}
-    for ax, model in zip(axes[0], models, strict=True):
-        ref = next(r for r in summary["reference"] if r["model"] == model)
-        for method in ("graft", "topk", "random", "bias-only"):
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6), sharey=True)
+    colour = {"smollm2": "tab:blue", "minilm": "tab:orange"}
+    style = {"graft": ("o", "-"), "topk": ("s", "--"), "random": ("x", ":"), "bias-only": ("^", "-.")}
+    for ref in summary["reference"]:
+        model = ref["model"]
+        for method in ("graft", "topk", "random"):
             rs = sorted((r for r in summary["rows"] if r["model"] == model and r["method"] == method
                          and r["rel_pooled"]["mean"] is not None), key=lambda r: r["sparsity"])
             if not rs:
                 continue
-            x = [r["sparsity"] for r in rs]
             y = [r["rel_pooled"]["mean"] for r in rs]
-            lo = [y_ - (r["rel_pooled"]["ci95"] or [y_, y_])[0] for y_, r in zip(y, rs, strict=True)]
-            hi = [(r["rel_pooled"]["ci95"] or [y_, y_])[1] - y_ for y_, r in zip(y, rs, strict=True)]
-            ax.errorbar(x, y, yerr=[lo, hi], fmt="o-", capsize=3, color=colours.get(method), label=method)
+            ci = [r["rel_pooled"]["ci95"] or [y_, y_] for y_, r in zip(y, rs, strict=True)]
+            err = [[y_ - c[0] for y_, c in zip(y, ci, strict=True)], [c[1] - y_ for y_, c in zip(y, ci, strict=True)]]
+            marker, ls = style[method]
+            label = f"{model} {method} ({ref['cells']} cells)"
+            for ax, x in ((axes[0], [r["sparsity"] for r in rs]), (axes[1], [r["region_size"] for r in rs])):
+                ax.errorbar(x, y, yerr=err, marker=marker, ls=ls, capsize=3, color=colour.get(model), label=label,
+                            alpha=0.9)
+    for ax, xl in ((axes[0], "region size (fraction of the graftable body)"), (axes[1], "region size (entries)")):
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.axhline(RECOVERED, color="tab:red", lw=0.6, ls=":", label="0.95")
+        ax.axhline(RECOVERED, color="tab:red", lw=0.6, ls=":")
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
-        ax.set_xlabel("region size (fraction of the body)")
-        ax.set_title(f"{model}: {ref['cells']} cells\n({', '.join(ref['tasks'])}; seeds "
-                     f"{', '.join(map(str, ref['seeds']))})", fontsize=8)
-    axes[0][0].set_ylabel("pooled Rel (gain-weighted, 95% cell bootstrap)")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Rel of grafted regions by size: SmolLM2-135M causal (the paper's regime) beside MiniLM + new head",
-                 fontsize=10)
+        ax.set_xlabel(xl)
+    axes[0].set_ylabel("pooled Rel (gain-weighted; 95% cell bootstrap)")
+    axes[1].legend(fontsize=7, loc="center right")
+    tasks = sorted({t for r in summary["reference"] for t in r["tasks"]})
+    fig.suptitle("Rel of grafted regions: SmolLM2-135M causal (the paper's regime) beside MiniLM + new head\n"
+                 f"tasks: {', '.join(tasks)} (MiniLM: the ones both studies ran); red dotted: 0.95", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -228,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.out).write_text(json.dumps(summary, indent=1) + "\n")
     md = markdown(summary)
     print(md)
+    print()
+    print(cells_markdown(summary))
     plot(summary, a.plot)
     print(f"\nwrote {a.out} and {a.plot}")
     return 0
