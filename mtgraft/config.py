@@ -59,14 +59,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(cls: type[C], config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                 section: str | None = None) -> C:
-    """Build ``cls`` from defaults, then a YAML file (optionally one ``section`` of it), then overrides."""
+                 section: str | None = None, ignore: tuple[str, ...] = ()) -> C:
+    """Build ``cls`` from defaults, then a YAML file (optionally one ``section`` of it), then overrides.
+    ``ignore``: YAML keys the caller reads itself (``seeds``: one run per seed), not fields of ``cls``."""
     data: dict[str, Any] = {}
     if config_file:
         raw = load_yaml(config_file)
         if section and section in raw and isinstance(raw[section], dict):
             raw = raw[section]
         data.update({k.replace("-", "_"): v for k, v in raw.items()})
+        for key in ignore:
+            data.pop(key, None)
     data.update({k: v for k, v in (overrides or {}).items()})
     try:
         return cls(**data)

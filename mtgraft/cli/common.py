@@ -42,7 +42,7 @@ def explicit_options(ctx: typer.Context, params: dict[str, Any], skip: tuple[str
 
 def resolve(ctx: typer.Context, cls: type[BaseConfig], config: str | None, params: dict[str, Any],
             skip: tuple[str, ...] = ("config", "json_out", "ctx"), section: str | None = None,
-            required: tuple[str, ...] = ()) -> Any:
+            required: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> Any:
     """Defaults < YAML (``--config``) < explicit CLI options, validated by ``cls``."""
     over = explicit_options(ctx, params, skip)
     # options a command requires but which a YAML may provide; typer sees them as optional
@@ -51,7 +51,7 @@ def resolve(ctx: typer.Context, cls: type[BaseConfig], config: str | None, param
             over[name] = params[name]
     from mtgraft.config import build_config
 
-    return build_config(cls, config, over, section=section)
+    return build_config(cls, config, over, section=section, ignore=ignore)
 
 
 def handle_errors(fn: F) -> F:
@@ -80,11 +80,28 @@ def handle_errors(fn: F) -> F:
 
 
 def seeds_of(ctx: typer.Context, opts: dict[str, Any]) -> list[int] | None:
-    """Take ``--seeds`` out of ``opts``, parsed (None when not given); an error when ``--seed`` was given too."""
+    """Take ``--seeds`` out of ``opts``, parsed (None when not given); an error when ``--seed`` was given too.
+    Without either on the command line, a ``seeds:`` key of the ``--config`` YAML counts as ``--seeds`` (the
+    command then passes ``ignore=SEEDS_KEY`` to :func:`run_config`); a YAML with both ``seed`` and ``seeds``
+    is the same error as the two options together."""
     from mtgraft.workflows.seeds import parse_seeds
 
     raw = opts.pop("seeds", None)
-    return parse_seeds(raw, seed_given=raw is not None and bool(explicit_options(ctx, {"seed": None})))
+    if raw is not None:
+        return parse_seeds(raw, seed_given=bool(explicit_options(ctx, {"seed": None})))
+    if opts.get("config") and not explicit_options(ctx, {"seed": None}):
+        from mtgraft.config import load_yaml
+
+        data = load_yaml(opts["config"])
+        if isinstance(data, dict) and data.get("seeds") is not None:
+            if data.get("seed") is not None:
+                raise MtgraftError(f"config {opts['config']}: give either 'seed' or 'seeds', not both "
+                                   "(seeds: [13] is the same as seed: 13)")
+            return parse_seeds(data["seeds"], option=f"seeds in {opts['config']}")
+    return None
+
+
+SEEDS_KEY = ("seeds",)  # the YAML key seeds_of reads, which the run configs themselves do not have
 
 
 def print_json(obj: Any) -> None:
@@ -96,14 +113,15 @@ def print_json(obj: Any) -> None:
 
 
 def run_config(ctx: typer.Context, cls: type[BaseConfig], params: dict[str, Any], work: Callable[..., Any],
-               required: tuple[str, ...] = (), emit: Callable[[], bool] = lambda: True) -> Any:
+               required: tuple[str, ...] = (), emit: Callable[[], bool] = lambda: True,
+               ignore: tuple[str, ...] = ()) -> Any:
     """Resolve ``cls`` from ``params`` (the command's options, ``config`` and ``json_out`` among them), run
     ``work(cfg, show_progress=...)``; with ``--json`` print the result's JSON and return None.
 
     ``emit`` says whether this process reports at all (False on the non-main ranks of a distributed run).
     """
     json_out = bool(params.get("json_out"))
-    cfg = resolve(ctx, cls, params.get("config"), params, required=required)
+    cfg = resolve(ctx, cls, params.get("config"), params, required=required, ignore=ignore)
     result = work(cfg, show_progress=not json_out)
     if not emit():
         return None

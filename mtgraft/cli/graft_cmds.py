@@ -8,7 +8,16 @@ import typer
 from rich.table import Table
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import command, fmt, handle_errors, print_json, run_config, seeds_of, table_out
+from mtgraft.cli.common import (
+    SEEDS_KEY,
+    command,
+    fmt,
+    handle_errors,
+    print_json,
+    run_config,
+    seeds_of,
+    table_out,
+)
 from mtgraft.cli.options import (
     OUT,
     RECORDED,
@@ -108,7 +117,7 @@ def graft_cmd(
     own = {k: v for k, v in locals().items() if k not in ("ctx", "opts", "seeds")}
     results = run_config(ctx, GraftConfig, {**own, **opts, "json_out": False},  # JSON of several tasks: below
                          lambda cfg, show_progress: graft_seeds(cfg, seeds, show_progress and not opts["json_out"]),
-                         required=("finetuned",))
+                         required=("finetuned",), ignore=SEEDS_KEY)
     if isinstance(results, dict):  # several seeds: the aggregate
         if opts["json_out"]:
             print_json(results)

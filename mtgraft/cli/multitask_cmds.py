@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mtgraft.cli.app import app
 from mtgraft.cli.common import (
+    SEEDS_KEY,
     command,
     fmt,
     handle_errors,
@@ -59,7 +60,8 @@ def train_multitask_cmd(
     own = {k: v for k, v in locals().items() if k not in ("ctx", "opts", "seeds")}
     work = (train_multitask_with_grafts if seeds is None
             else (lambda cfg, show_progress: train_multitask_seeds(cfg, seeds, show_progress)))
-    result = run_config(ctx, MultitaskConfig, {**own, **opts}, work, required=("tasks",), emit=is_main_process)
+    result = run_config(ctx, MultitaskConfig, {**own, **opts}, work, required=("tasks",), emit=is_main_process,
+                        ignore=SEEDS_KEY)
     if result is None:
         return
     if isinstance(result, dict):  # several seeds: the aggregate

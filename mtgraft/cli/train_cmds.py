@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from mtgraft.cli.app import app
-from mtgraft.cli.common import command, metrics_table, run_config, seeds_of, seeds_table
+from mtgraft.cli.common import SEEDS_KEY, command, metrics_table, run_config, seeds_of, seeds_table
 from mtgraft.cli.options import DATA, OUT, output_options, resume_option, seeds_option, training_options
 from mtgraft.progress import console
 
@@ -33,7 +33,8 @@ def train_cmd(
 
     seeds = seeds_of(ctx, opts)
     work = train if seeds is None else (lambda cfg, show_progress: train_seeds(cfg, seeds, show_progress))
-    result = run_config(ctx, TrainConfig, {"task": task, "out": out, **opts}, work, required=("task",))
+    result = run_config(ctx, TrainConfig, {"task": task, "out": out, **opts}, work, required=("task",),
+                        ignore=SEEDS_KEY)
     if result is None:
         return
     if isinstance(result, dict):  # several seeds: the aggregate

@@ -118,6 +118,27 @@ def test_seed_and_seeds_together_is_one_clear_error(tiny, tmp_path):
     assert res.exit_code != 0 and "13 given twice" in res.output
 
 
+def test_seeds_in_a_config_yaml_act_as_the_option(tiny, tmp_path):
+    out = tmp_path / "Y"
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("seeds: [13, 21]\n")
+    res = cli(*_train_args(tiny, "--config", str(cfg), "--out", str(out), "--json"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["seeds"] == [13, 21]
+    assert {s: json.loads((out / f"seed-{s}" / "mtgraft.json").read_text())["data"]["seed"] for s in (13, 21)} \
+        == {13: 13, 21: 21}
+    # the command line wins over the YAML: --seed gives the one-seed layout
+    one = tmp_path / "one"
+    res = cli(*_train_args(tiny, "--config", str(cfg), "--seed", "21", "--out", str(one)))
+    assert res.exit_code == 0, res.output
+    assert json.loads((one / "mtgraft.json").read_text())["data"]["seed"] == 21
+    # seed and seeds in one YAML: one clear error, nothing written
+    cfg.write_text("seed: 13\nseeds: [13, 21]\n")
+    res = cli(*_train_args(tiny, "--config", str(cfg), "--out", str(tmp_path / "z")))
+    assert res.exit_code != 0 and "give either 'seed' or 'seeds', not both" in res.output
+    assert not (tmp_path / "z").exists()
+
+
 def test_parse_seeds():
     from mtgraft.workflows.seeds import parse_seeds
 
