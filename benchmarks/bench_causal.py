@@ -6,6 +6,9 @@ Usage: python benchmarks/bench_causal.py [--causal runs/single_task_causal] [--m
 Reads the ``mtgraft run`` study folders (``seed-<s>/study_state.json``: finished stages count, so a study still
 running can be summarised) of ``experiments/single_task_causal.yaml`` (SmolLM2-135M, ``--type causal``) and of
 ``experiments/single_task.yaml`` (MiniLM, ``--type head``), and puts them side by side. Nothing is trained here.
+``--minilm`` may instead name a ``bench_localize.py`` result (``benchmarks/results/localize.json``: the same MiniLM
+checkpoints' regions, graft / top-k / random, recorded per (task, seed)); it is the default when the study folder
+is absent, so the comparison can be redrawn from committed data.
 
 A cell is one (task, seed). Per cell: the pretrained and fine-tuned test accuracy and ECE, the fine-tuning gain with
 its paired-bootstrap interval (``learnt`` when it excludes 0), and per (method, sparsity) the grafted model's
@@ -31,12 +34,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_localisable import pooled_rel  # noqa: E402
 
 RECOVERED = 0.95  # the paper's "recovers > 95% of the fine-tuned performance"
+YMIN = -0.6  # the plot's lower edge
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--causal", default="runs/single_task_causal", help="the SmolLM2 study folder (seed-<s>/)")
-    ap.add_argument("--minilm", default="runs/single_task_seeds", help="the MiniLM study folder (seed-<s>/)")
+    ap.add_argument("--minilm", default="runs/single_task_seeds",
+                    help="the MiniLM study folder (seed-<s>/), or a bench_localize.py JSON; when the folder is absent, "
+                         "benchmarks/results/localize.json")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "causal.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "causal_rel.png"))
     return ap.parse_args(argv)
@@ -74,6 +80,44 @@ def cell_of(g: dict[str, Any], model: str, seed: int, train: dict[str, Any]) -> 
             "seconds": r.get("seconds"),
             "ood_rel": {o: m.get("rel") for o, m in (t.get("ood") or {}).items()}}
     return cell
+
+
+def cells_of_localize(path: str | Path, model: str = "minilm",
+                      methods: tuple[str, ...] = ("graft", "topk", "random")) -> list[dict[str, Any]]:
+    """The (task, seed) records of a ``bench_localize.py`` JSON as cells (its regions of ``methods``; it records the
+    grafted model's ECE but not the two ends', and no OOD)."""
+    d = json.loads(Path(path).read_text())
+    out = []
+    for rec in d["records"]:
+        pre, ft = rec["pretrained"], rec["finetuned"]
+        ci = ft.get("gain_ci95")
+        cell: dict[str, Any] = {
+            "model": model, "task": rec["task"], "seed": rec["seed"], "graftable_size": rec.get("graftable_size"),
+            "pretrained": pre["accuracy"], "finetuned": ft["accuracy"], "ece_pretrained": pre.get("ece"),
+            "ece_finetuned": ft.get("ece"), "n_test": rec.get("n_test"), "gain": ft["accuracy"] - pre["accuracy"],
+            "gain_ci95": ci, "learnt": bool(ci and ci[0] > 0), "train_seconds": None, "graft_seconds": None,
+            "source": str(path), "regions": {}}
+        for r in rec["rows"]:
+            if r["method"] not in methods:
+                continue
+            cell["regions"][f"{r['method']}@{r['sparsity']:g}"] = {
+                "method": r["method"], "sparsity": r["sparsity"], "region_size": r.get("region_size"),
+                "accuracy": r["accuracy"], "ece": r.get("ece"), "rel": r.get("rel"), "rel_ci95": r.get("rel_ci95"),
+                "seconds": r.get("cost_seconds"), "ood_rel": {}}
+        out.append(cell)
+    return out
+
+
+def minilm_cells(source: str | Path) -> tuple[list[dict[str, Any]], str]:
+    """MiniLM cells from a study folder, or from a localize JSON (named, or the committed one when the folder is
+    absent); returns the cells and what they were read from."""
+    p = Path(source)
+    if p.suffix == ".json":
+        return cells_of_localize(p), str(p)
+    if any(p.glob("seed-*/study_state.json")):
+        return cells_of(p, "minilm"), str(p)
+    fallback = ROOT / "benchmarks" / "results" / "localize.json"
+    return (cells_of_localize(fallback), str(fallback.relative_to(ROOT))) if fallback.exists() else ([], str(p))
 
 
 def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -205,7 +249,7 @@ def plot(summary: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
     colour = {"smollm2": "tab:blue", "minilm": "tab:orange"}
     style = {"graft": ("o", "-"), "topk": ("s", "--"), "random": ("x", ":"), "bias-only": ("^", "-.")}
     for ref in summary["reference"]:
@@ -223,18 +267,27 @@ def plot(summary: dict[str, Any], path: str) -> None:
             for ax, x in ((axes[0], [r["sparsity"] for r in rs]), (axes[1], [r["region_size"] for r in rs])):
                 ax.errorbar(x, y, yerr=err, marker=marker, ls=ls, capsize=3, color=colour.get(model), label=label,
                             alpha=0.9)
+    lows = [r["rel_pooled"]["ci95"][0] for r in summary["rows"] if r["rel_pooled"].get("ci95")]
+    cut = min(lows, default=0.0) < YMIN
     for ax, xl in ((axes[0], "region size (fraction of the graftable body)"), (axes[1], "region size (entries)")):
+        ax.set_ylim(YMIN, 1.25)
+        if cut:  # a cell with a tiny gain makes an interval reach far below; the scale is kept readable
+            ax.text(0.01, 0.01, f"intervals below {YMIN} are cut at the axis", transform=ax.transAxes, fontsize=7,
+                    color="dimgrey", va="bottom")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.axhline(RECOVERED, color="tab:red", lw=0.6, ls=":")
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel(xl)
     axes[0].set_ylabel("pooled Rel (gain-weighted; 95% cell bootstrap)")
-    axes[1].legend(fontsize=7, loc="center right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
     tasks = sorted({t for r in summary["reference"] for t in r["tasks"]})
+    seeds = {r["model"]: ",".join(map(str, r["seeds"])) for r in summary["reference"]}
     fig.suptitle("Rel of grafted regions: SmolLM2-135M causal (the paper's regime) beside MiniLM + new head\n"
-                 f"tasks: {', '.join(tasks)} (MiniLM: the ones both studies ran); red dotted: 0.95", fontsize=9)
-    fig.tight_layout()
+                 f"tasks: {', '.join(tasks)} (MiniLM: the ones both studies ran); seeds "
+                 + "; ".join(f"{m} {s}" for m, s in seeds.items()) + "; red dotted: 0.95", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -244,11 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     causal = cells_of(a.causal, "smollm2")
     tasks = {c["task"] for c in causal}  # MiniLM on the tasks both studies ran, so the two sides compare
-    minilm = [c for c in cells_of(a.minilm, "minilm") if c["task"] in tasks]
+    sps = {r["sparsity"] for c in causal for r in c["regions"].values()}
+    got, minilm_source = minilm_cells(a.minilm)
+    minilm = [{**c, "regions": {k: r for k, r in c["regions"].items() if r["sparsity"] in sps}}
+              for c in got if c["task"] in tasks]
     if not causal:
         print(f"no finished graft stage under {a.causal}/seed-*/ (run experiments/single_task_causal.yaml first)")
         return 1
-    summary = {"settings": {"causal": a.causal, "minilm": a.minilm, "recovered": RECOVERED,
+    summary = {"settings": {"causal": a.causal, "minilm": minilm_source, "recovered": RECOVERED,
                             "python": platform.python_version()},
                **summarise(causal + minilm), "cells": causal + minilm}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
