@@ -218,6 +218,29 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline_markdown(summary: dict[str, Any]) -> str:
+    """One row per sparsity: pooled Rel (gain-weighted, cell-bootstrap 95% interval) of the learned graft, top-k
+    and random for each model, and how many learnt cells reach Rel ≥ 0.95 with the learned graft."""
+    models = [r["model"] for r in summary["reference"]]
+    rows = {(r["model"], r["method"], r["sparsity"]): r for r in summary["rows"]}
+    sps = sorted({r["sparsity"] for r in summary["rows"]})
+    head = ["sparsity"]
+    for m in models:
+        head += [f"{m} entries", f"{m} graft", f"{m} top-k", f"{m} random", f"{m} graft Rel ≥ 0.95"]
+    lines = ["| " + " | ".join(head) + " |", "|---:|" + "---:|" * (len(head) - 1)]
+    for sp in sps:
+        cols = [f"{sp:g}"]
+        for m in models:
+            size = next((r["region_size"] for (mm, _, ss), r in rows.items() if mm == m and ss == sp), None)
+            g = rows.get((m, "graft", sp))
+            cols += ["—" if size is None else f"{size:,.0f}"]
+            cols += [_pooled(rows[(m, meth, sp)]["rel_pooled"]) if (m, meth, sp) in rows else "—"
+                     for meth in ("graft", "topk", "random")]
+            cols.append(f"{g['recovered_cells']}/{g['learnt_cells']}" if g else "—")
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def cells_markdown(summary: dict[str, Any], model: str = "smollm2", method: str = "graft") -> str:
     """One row per (task, seed) of ``model``: the two ends, the gain, and Rel of ``method`` at every sparsity with
     its paired-bootstrap interval over the cell's test examples."""
@@ -310,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(summary, indent=1) + "\n")
     md = markdown(summary)
+    print(headline_markdown(summary))
+    print()
     print(md)
     print()
     print(cells_markdown(summary))
