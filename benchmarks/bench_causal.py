@@ -39,7 +39,8 @@ YMIN = -0.6  # the plot's lower edge
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--causal", default="runs/single_task_causal", help="the SmolLM2 study folder (seed-<s>/)")
+    ap.add_argument("--causal", nargs="+", default=["runs/single_task_causal"],
+                    help="the SmolLM2 study folder(s) (seed-<s>/ in each; e.g. one task's extra run in its own folder)")
     ap.add_argument("--minilm", default="runs/single_task_seeds",
                     help="the MiniLM study folder (seed-<s>/), or a bench_localize.py JSON; when the folder is absent, "
                          "benchmarks/results/localize.json")
@@ -318,14 +319,18 @@ def plot(summary: dict[str, Any], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    causal = cells_of(a.causal, "smollm2")
+    causal = [c for folder in a.causal for c in cells_of(folder, "smollm2")]
+    seen = [(c["task"], c["seed"]) for c in causal]
+    if len(seen) != len(set(seen)):
+        print(f"the same (task, seed) is in more than one of {a.causal}: name each once")
+        return 2
     tasks = {c["task"] for c in causal}  # MiniLM on the tasks both studies ran, so the two sides compare
     sps = {r["sparsity"] for c in causal for r in c["regions"].values()}
     got, minilm_source = minilm_cells(a.minilm)
     minilm = [{**c, "regions": {k: r for k, r in c["regions"].items() if r["sparsity"] in sps}}
               for c in got if c["task"] in tasks]
     if not causal:
-        print(f"no finished graft stage under {a.causal}/seed-*/ (run experiments/single_task_causal.yaml first)")
+        print(f"no finished graft stage under {', '.join(a.causal)} (seed-*/; run experiments/single_task_causal.yaml first)")
         return 1
     summary = {"settings": {"causal": a.causal, "minilm": minilm_source, "recovered": RECOVERED,
                             "python": platform.python_version()},
