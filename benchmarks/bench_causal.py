@@ -63,23 +63,35 @@ def cells_of(folder: str | Path, model: str) -> list[dict[str, Any]]:
     return out
 
 
-def cell_of(g: dict[str, Any], model: str, seed: int, train: dict[str, Any]) -> dict[str, Any]:
-    ref = g["reference"]
-    pre, ft = ref["pretrained"], ref["finetuned"]
+def new_cell(model: str, task: str, seed: int, pre: dict[str, Any], ft: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A (task, seed) cell from the two ends' records (``accuracy``, ``ece``, ``gain_ci95``); regions added later."""
     ci = ft.get("gain_ci95")
-    cell: dict[str, Any] = {
-        "model": model, "task": g["task"], "seed": seed, "graftable_size": g.get("graftable_size"),
-        "pretrained": pre["accuracy"], "finetuned": ft["accuracy"], "ece_pretrained": pre.get("ece"),
-        "ece_finetuned": ft.get("ece"), "n_test": ft.get("n"), "gain": ft["accuracy"] - pre["accuracy"],
-        "gain_ci95": ci, "learnt": bool(ci and ci[0] > 0), "train_seconds": train.get("train_seconds"),
-        "graft_seconds": g.get("seconds"), "regions": {}}
+    return {"model": model, "task": task, "seed": seed, "graftable_size": extra.pop("graftable_size", None),
+            "pretrained": pre["accuracy"], "finetuned": ft["accuracy"], "ece_pretrained": pre.get("ece"),
+            "ece_finetuned": ft.get("ece"), "n_test": extra.pop("n_test", None),
+            "gain": ft["accuracy"] - pre["accuracy"], "gain_ci95": ci, "learnt": bool(ci and ci[0] > 0),
+            "train_seconds": extra.pop("train_seconds", None), "graft_seconds": extra.pop("graft_seconds", None),
+            **extra, "regions": {}}
+
+
+def add_region(cell: dict[str, Any], r: dict[str, Any], metrics: dict[str, Any], seconds: Any,
+               ood_rel: dict[str, Any]) -> None:
+    """Record one region (``r``: method, sparsity, region_size) with its test ``metrics`` under method@sparsity."""
+    cell["regions"][f"{r['method']}@{r['sparsity']:g}"] = {
+        "method": r["method"], "sparsity": r["sparsity"], "region_size": r.get("region_size"),
+        "accuracy": metrics["accuracy"], "ece": metrics.get("ece"), "rel": metrics.get("rel"),
+        "rel_ci95": metrics.get("rel_ci95"), "seconds": seconds, "ood_rel": ood_rel}
+
+
+def cell_of(g: dict[str, Any], model: str, seed: int, train: dict[str, Any]) -> dict[str, Any]:
+    """A cell from one task's graft result of an ``mtgraft run`` study."""
+    ref = g["reference"]
+    cell = new_cell(model, g["task"], seed, ref["pretrained"], ref["finetuned"],
+                    graftable_size=g.get("graftable_size"), n_test=ref["finetuned"].get("n"),
+                    train_seconds=train.get("train_seconds"), graft_seconds=g.get("seconds"))
     for r in g["results"]:
         t = r["test"]
-        cell["regions"][f"{r['method']}@{r['sparsity']:g}"] = {
-            "method": r["method"], "sparsity": r["sparsity"], "region_size": r.get("region_size"),
-            "accuracy": t["accuracy"], "ece": t.get("ece"), "rel": t.get("rel"), "rel_ci95": t.get("rel_ci95"),
-            "seconds": r.get("seconds"),
-            "ood_rel": {o: m.get("rel") for o, m in (t.get("ood") or {}).items()}}
+        add_region(cell, r, t, r.get("seconds"), {o: m.get("rel") for o, m in (t.get("ood") or {}).items()})
     return cell
 
 
@@ -87,24 +99,13 @@ def cells_of_localize(path: str | Path, model: str = "minilm",
                       methods: tuple[str, ...] = ("graft", "topk", "random")) -> list[dict[str, Any]]:
     """The (task, seed) records of a ``bench_localize.py`` JSON as cells (its regions of ``methods``; it records the
     grafted model's ECE but not the two ends', and no OOD)."""
-    d = json.loads(Path(path).read_text())
     out = []
-    for rec in d["records"]:
-        pre, ft = rec["pretrained"], rec["finetuned"]
-        ci = ft.get("gain_ci95")
-        cell: dict[str, Any] = {
-            "model": model, "task": rec["task"], "seed": rec["seed"], "graftable_size": rec.get("graftable_size"),
-            "pretrained": pre["accuracy"], "finetuned": ft["accuracy"], "ece_pretrained": pre.get("ece"),
-            "ece_finetuned": ft.get("ece"), "n_test": rec.get("n_test"), "gain": ft["accuracy"] - pre["accuracy"],
-            "gain_ci95": ci, "learnt": bool(ci and ci[0] > 0), "train_seconds": None, "graft_seconds": None,
-            "source": str(path), "regions": {}}
+    for rec in json.loads(Path(path).read_text())["records"]:
+        cell = new_cell(model, rec["task"], rec["seed"], rec["pretrained"], rec["finetuned"],
+                        graftable_size=rec.get("graftable_size"), n_test=rec.get("n_test"), source=str(path))
         for r in rec["rows"]:
-            if r["method"] not in methods:
-                continue
-            cell["regions"][f"{r['method']}@{r['sparsity']:g}"] = {
-                "method": r["method"], "sparsity": r["sparsity"], "region_size": r.get("region_size"),
-                "accuracy": r["accuracy"], "ece": r.get("ece"), "rel": r.get("rel"), "rel_ci95": r.get("rel_ci95"),
-                "seconds": r.get("cost_seconds"), "ood_rel": {}}
+            if r["method"] in methods:
+                add_region(cell, r, r, r.get("cost_seconds"), {})
         out.append(cell)
     return out
 

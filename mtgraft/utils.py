@@ -37,7 +37,7 @@ def release_freed_memory() -> None:
     """Hand the pages of freed heap memory back to the operating system (glibc's ``malloc_trim``; elsewhere
     nothing). glibc keeps freed tensors of a few megabytes in its heap, so after a model or a full-size vector
     is dropped the process's resident memory stays where it was and the next large allocation adds to it: the
-    graft's peak on SmolLM2 fell from 3.6 to about 3.0 GB with these calls (docs/benchmarks.md, "Scale")."""
+    graft's peak on SmolLM2 at 1e-4 fell from 3.64 to 3.29 GB with these calls (docs/benchmarks.md, "Scale")."""
     global _MALLOC_TRIM
     if _MALLOC_TRIM is None:
         _MALLOC_TRIM = False

@@ -87,9 +87,10 @@ def seeds_of(ctx: typer.Context, opts: dict[str, Any]) -> list[int] | None:
     from mtgraft.workflows.seeds import parse_seeds
 
     raw = opts.pop("seeds", None)
+    seed_given = bool(explicit_options(ctx, {"seed": None}))
     if raw is not None:
-        return parse_seeds(raw, seed_given=bool(explicit_options(ctx, {"seed": None})))
-    if opts.get("config") and not explicit_options(ctx, {"seed": None}):
+        return parse_seeds(raw, seed_given=seed_given)
+    if opts.get("config") and not seed_given:
         from mtgraft.config import load_yaml
 
         data = load_yaml(opts["config"])
