@@ -16,6 +16,8 @@ accuracy, ECE, Rel with its interval, and Rel on every OOD test set. Per (model,
 means with 95% t-intervals (Rel over learnt cells only: Rel of a cell that learnt nothing is noise over a tiny
 denominator), the gain-weighted pooled Rel with a cell-bootstrap interval, how many learnt cells reach Rel ≥ 0.95
 (the paper's "> 95%"), and the paired differences graft − top-k and graft − random of Rel over the learnt cells.
+Per SmolLM2 task over its seeds (``over_seeds``): Rel of each region with a 95% t-interval over the seeds, the
+spread between fine-tuning runs that a cell's own interval (over its test examples) does not show.
 """
 
 from __future__ import annotations
@@ -266,6 +268,42 @@ def cells_markdown(summary: dict[str, Any], model: str = "smollm2", method: str 
     return "\n".join(lines)
 
 
+def over_seeds(cells: list[dict[str, Any]], model: str = "smollm2") -> list[dict[str, Any]]:
+    """Per task of ``model``: its seeds, the fine-tuning gain and, per region (method@sparsity), Rel aggregated over
+    the seeds (mean and 95% t-interval over seeds: the spread between fine-tuning runs, where a cell's own
+    interval is over its test examples). A seed whose gain interval includes 0 is left out of that task's Rel
+    (``seeds_learnt`` says which seeds count)."""
+    from mtgraft.evaluation.uncertainty import aggregate
+
+    out = []
+    for task in sorted({c["task"] for c in cells if c["model"] == model}):
+        mine = sorted((c for c in cells if c["model"] == model and c["task"] == task), key=lambda c: c["seed"])
+        learnt = [c for c in mine if c["learnt"]]
+        keys = sorted({k for c in mine for k in c["regions"]})
+        out.append({"model": model, "task": task, "seeds": [c["seed"] for c in mine],
+                    "seeds_learnt": [c["seed"] for c in learnt],
+                    "finetuned": aggregate([c["finetuned"] for c in mine]),
+                    "gain": aggregate([c["gain"] for c in mine]),
+                    "rel": {k: aggregate([c["regions"][k].get("rel") for c in learnt if k in c["regions"]])
+                            for k in keys}})
+    return out
+
+
+def over_seeds_markdown(rows: list[dict[str, Any]], method: str = "graft") -> str:
+    """``over_seeds`` as a table: one row per task, Rel of ``method`` per sparsity (mean ± half-width of the 95%
+    t-interval over seeds, and the number of seeds)."""
+    sps = sorted({float(k.split("@")[1]) for r in rows for k in r["rel"] if k.split("@")[0] == method})
+    lines = ["| task | seeds | fine-tuned acc | gain | " + " | ".join(f"Rel {method} {s:g}" for s in sps) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(sps)]
+    for r in rows:
+        cols = [r["task"], ", ".join(map(str, r["seeds"])), _iv(r["finetuned"]), _iv(r["gain"])]
+        for s in sps:
+            a = r["rel"].get(f"{method}@{s:g}")
+            cols.append("—" if not a or a.get("mean") is None else f"{_iv(a, 2)} (n {a['n']})")
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary: dict[str, Any], path: str) -> None:
     """Pooled Rel (cell-bootstrap interval) of each model and method against the region's size: as a fraction of
     the body (left) and as a number of entries (right: the same count is a 10× smaller fraction of SmolLM2)."""
@@ -335,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = {"settings": {"causal": a.causal, "minilm": minilm_source, "recovered": RECOVERED,
                             "python": platform.python_version()},
-               **summarise(causal + minilm), "cells": causal + minilm}
+               **summarise(causal + minilm), "over_seeds": over_seeds(causal), "cells": causal + minilm}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(summary, indent=1) + "\n")
     md = markdown(summary)
@@ -344,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     print()
     print(cells_markdown(summary))
+    for method in ("graft", "topk"):
+        print()
+        print(over_seeds_markdown(summary["over_seeds"], method))
     plot(summary, a.plot)
     print(f"\nwrote {a.out} and {a.plot}")
     return 0
